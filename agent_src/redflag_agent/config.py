@@ -1,0 +1,342 @@
+"""The config schema ("6"): parse, validate, upgrade, merge, save. The one owner of that knowledge.
+
+Everything here except save_config/read_config/config_lock is pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .atomic import atomic_write_bytes, dumps_json
+from .owner import chown_to_agent
+from .paths import Paths
+from .version import CONFIG_SCHEMA_VERSION
+
+CURRENT_SCHEMA = int(CONFIG_SCHEMA_VERSION)
+SECRET_KEYS = ("registration_token", "token", "refresh_token", "proxy.password")
+IDENTITY_KEYS = ("agent_id", "token", "refresh_token")
+# keys `config apply` may not set through "settings": they belong to the agent
+AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registration_token")
+REDACTED = "********"
+DEFAULT_CHECK_IN_INTERVAL = 300
+
+SUB_DEFAULTS: dict[str, dict[str, Any]] = {
+    "network": {"timeout": 30, "retry_count": 3, "retry_delay": 5, "max_idle_conn": 10},
+    "proxy": {"enabled": False, "http": "", "https": "", "no_proxy": "",
+              "username": "", "password": ""},
+    "tls": {"insecure_skip_verify": False, "cert_file": "", "key_file": "", "ca_file": ""},
+    "logging": {"level": "info", "file": "", "max_size": 100, "max_backups": 3, "max_age": 28},
+}
+
+_STR_OR_NULL = "a string or null"
+# field -> (checker, description of what is expected)
+_NUM = (int, float)
+
+
+def _is_str_or_null(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, _NUM) and not isinstance(v, bool)
+
+
+def _is_str_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+_CURRENT_TYPES: dict[str, tuple[Any, str]] = {
+    "server_url": (lambda v: isinstance(v, str), "a string (URL)"),
+    "registration_token": (_is_str_or_null, _STR_OR_NULL),
+    "agent_id": (_is_str_or_null, _STR_OR_NULL),
+    "token": (_is_str_or_null, _STR_OR_NULL),
+    "refresh_token": (_is_str_or_null, _STR_OR_NULL),
+    "check_in_interval": (lambda v: _is_int(v) and v > 0, "a positive integer (seconds)"),
+    "rapid_polling_enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "rapid_polling_until": (_is_str_or_null, _STR_OR_NULL),
+    "network": (lambda v: isinstance(v, dict), "an object"),
+    "proxy": (lambda v: isinstance(v, dict), "an object"),
+    "tls": (lambda v: isinstance(v, dict), "an object"),
+    "logging": (lambda v: isinstance(v, dict), "an object"),
+    "tags": (lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v),
+             "a list of strings"),
+    "metadata": (_is_str_map, "an object of strings"),
+    "display_name": (_is_str_or_null, _STR_OR_NULL),
+    "organization": (_is_str_or_null, _STR_OR_NULL),
+}
+
+_SUB_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
+    "network": {k: (_is_num, "a number") for k in SUB_DEFAULTS["network"]},
+    "proxy": {
+        "enabled": (lambda v: isinstance(v, bool), "true or false"),
+        **{k: (_is_str_or_null, _STR_OR_NULL)
+           for k in ("http", "https", "no_proxy", "username", "password")},
+    },
+    "tls": {
+        "insecure_skip_verify": (lambda v: isinstance(v, bool), "true or false"),
+        **{k: (_is_str_or_null, _STR_OR_NULL) for k in ("cert_file", "key_file", "ca_file")},
+    },
+    "logging": {
+        "level": (lambda v: isinstance(v, str), "a string"),
+        "file": (_is_str_or_null, _STR_OR_NULL),
+        **{k: (_is_num, "a number") for k in ("max_size", "max_backups", "max_age")},
+    },
+}
+
+# Older agents wrote a few fields in other shapes; accepted only below schema 6.
+_LEGACY_ALTERNATIVES: dict[str, tuple[Any, str]] = {
+    "check_in_interval": (lambda v: isinstance(v, str) and v.strip().isdigit()
+                          and int(v) > 0, "a number as a string"),
+    "proxy": (lambda v: isinstance(v, str), "a proxy URL string"),
+    "tags": (lambda v: isinstance(v, str), "a comma-separated string"),
+    "metadata": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. The message names the file, the problem and the fix."""
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _where(path: Optional[PathLike]) -> str:
+    return os.fspath(path) if path is not None else "<config>"
+
+
+def _fix_hint(path: Optional[PathLike]) -> str:
+    return (f"fix or remove {_where(path)} (re-run the playbook to rewrite it, "
+            "or `redflag-agent config apply`)")
+
+
+def parse_config_bytes(data: bytes, path: Optional[PathLike] = None) -> dict[str, Any]:
+    where = _where(path)
+    if not data.strip():
+        raise ConfigError(f"{where}: the file is empty; {_fix_hint(path)}")
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError(f"{where}: the file starts with a UTF-8 byte order mark (BOM); "
+                          "save it as plain UTF-8 without a BOM")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (invalid byte at offset {exc.start}); "
+                          f"{_fix_hint(path)}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        truncated = exc.pos >= len(text.rstrip())
+        what = "truncated JSON (the file ends early)" if truncated else "invalid JSON"
+        raise ConfigError(f"{where}: {what}: {exc.msg} at line {exc.lineno} column {exc.colno}; "
+                          f"{_fix_hint(path)}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: the top level must be a JSON object, found "
+                          f"{type(cfg).__name__}; {_fix_hint(path)}")
+    validate(cfg, path)
+    return cfg
+
+
+def validate(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
+    """Raise ConfigError naming the first field of a wrong type."""
+    where = _where(path)
+    version = schema_version_of(cfg, path)
+    legacy = version is None or version < CURRENT_SCHEMA
+    for key, (ok, expected) in _CURRENT_TYPES.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if ok(value):
+            continue
+        alt = _LEGACY_ALTERNATIVES.get(key)
+        if legacy and alt is not None and alt[0](value):
+            continue
+        raise ConfigError(f"{where}: field {key!r} must be {expected}, found "
+                          f"{_describe(value)}; {_fix_hint(path)}")
+    for section, fields in _SUB_TYPES.items():
+        sub = cfg.get(section)
+        if not isinstance(sub, dict):
+            continue
+        for key, (ok, expected) in fields.items():
+            if key in sub and not ok(sub[key]):
+                raise ConfigError(f"{where}: field {section}.{key} must be {expected}, found "
+                                  f"{_describe(sub[key])}; {_fix_hint(path)}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def read_config(path: PathLike) -> Optional[dict[str, Any]]:
+    """The parsed config, or None when the file does not exist. ConfigError when unusable."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{_where(path)}: is a directory, expected a JSON file; "
+                          "remove it and re-run the playbook") from None
+    except PermissionError:
+        raise ConfigError(f"{_where(path)}: permission denied; the agent runs as "
+                          "redflag-agent: the file must be owned by it with mode 0600 "
+                          "(re-run the playbook)") from None
+    return parse_config_bytes(data, path)
+
+
+def schema_version_of(cfg: dict[str, Any], path: Optional[PathLike] = None) -> Optional[int]:
+    if "version" not in cfg or cfg["version"] is None:
+        return None
+    v = cfg["version"]
+    if _is_int(v) and v >= 0:
+        return v
+    if isinstance(v, float) and v.is_integer() and v >= 0:
+        return int(v)
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v.strip())
+    raise ConfigError(f"{_where(path)}: field 'version' must be a schema number such as \"6\", "
+                      f"found {json.dumps(v)}; {_fix_hint(path)}")
+
+
+def needs_schema_upgrade(cfg: dict[str, Any]) -> bool:
+    version = schema_version_of(cfg)
+    return version is None or version < CURRENT_SCHEMA
+
+
+def upgrade_to_current(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pure: the same config at schema 6. Unknown keys are kept, key order is kept."""
+    out = copy.deepcopy(cfg)
+    out["version"] = CONFIG_SCHEMA_VERSION
+    cii = out.get("check_in_interval")
+    if isinstance(cii, str) and cii.strip().isdigit():
+        out["check_in_interval"] = int(cii.strip())
+    proxy = out.get("proxy")
+    if isinstance(proxy, str):
+        out["proxy"] = {"enabled": bool(proxy.strip()), "http": proxy, "https": proxy}
+    tags = out.get("tags")
+    if isinstance(tags, str):
+        out["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
+    meta = out.get("metadata")
+    if isinstance(meta, dict):
+        out["metadata"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    for section, defaults in SUB_DEFAULTS.items():
+        current = out.get(section)
+        if not isinstance(current, dict):
+            current = {}
+        merged = dict(defaults)
+        merged.update(current)
+        # keep the file's own key order first, then the defaults it lacked
+        out[section] = {**current, **{k: v for k, v in merged.items() if k not in current}}
+    return out
+
+
+def is_registered(cfg: Optional[dict[str, Any]]) -> bool:
+    if not cfg:
+        return False
+    return bool(cfg.get("agent_id")) and bool(cfg.get("refresh_token"))
+
+
+def redacted(cfg: Any) -> Any:
+    """A deep copy with every secret value replaced; safe to log or print."""
+    if not isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    out = copy.deepcopy(cfg)
+    for dotted in SECRET_KEYS:
+        parts = dotted.split(".")
+        node: Any = out
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(parts[-1]):
+            node[parts[-1]] = REDACTED
+    return out
+
+
+def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
+                  registration_token: Optional[str], reregister: bool) -> dict[str, Any]:
+    """Pure: the config after `config apply`. See docs/INTERFACES.md."""
+    if not isinstance(settings, dict):
+        raise ConfigError("config apply: 'settings' must be a JSON object")
+    owned = [k for k in settings if k in AGENT_OWNED_KEYS]
+    if owned:
+        raise ConfigError(f"config apply: settings may not set {', '.join(sorted(owned))}: "
+                          "those keys belong to the agent (pass registration_token at the "
+                          "top level of the input instead)")
+    if registration_token is not None and (not isinstance(registration_token, str)
+                                           or not registration_token.strip()):
+        raise ConfigError("config apply: 'registration_token' must be a non-empty string "
+                          "(omit it when the host does not need to enroll)")
+    base = upgrade_to_current(current) if current is not None else upgrade_to_current({})
+    for key, value in settings.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **copy.deepcopy(value)}
+        else:
+            base[key] = copy.deepcopy(value)
+    if reregister:
+        for key in IDENTITY_KEYS:
+            base.pop(key, None)
+    if registration_token is not None:
+        base["registration_token"] = registration_token
+    validate(base, "merged config")
+    return base
+
+
+def changed_keys(old: Optional[dict[str, Any]], new: dict[str, Any]) -> list[str]:
+    old = old or {}
+    keys = set(old) | set(new)
+    return sorted(k for k in keys if old.get(k, _MISSING) != new.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def serialize(cfg: dict[str, Any]) -> bytes:
+    return dumps_json(cfg)
+
+
+def save_config(paths_or_path: Union[Paths, PathLike], cfg: dict[str, Any]) -> None:
+    """Atomic write, mode 0600, owned by the agent user when possible."""
+    target = paths_or_path.config_file if isinstance(paths_or_path, Paths) else Path(
+        paths_or_path)
+    if not target.parent.is_dir():
+        target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        chown_to_agent(target.parent)
+    atomic_write_bytes(target, serialize(cfg), 0o600)
+    chown_to_agent(target)
+
+
+@contextlib.contextmanager
+def config_lock(paths: Union[Paths, PathLike]) -> Iterator[None]:
+    """Short exclusive flock on the config directory (or its nearest existing ancestor).
+
+    Creates nothing, so taking it on a bare host leaves no trace.
+    """
+    directory = paths.config_dir if isinstance(paths, Paths) else Path(paths)
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    fd = os.open(os.fspath(directory), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
