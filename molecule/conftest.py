@@ -1,0 +1,8 @@
+"""Shared by every scenario's testinfra tests: puts molecule/shared on sys.path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))

@@ -1,0 +1,102 @@
+"""Fresh host: registered once, running, schema "6", no migration, right modes."""
+
+from __future__ import annotations
+
+import rfcheck
+
+
+def test_service_active_and_enabled(host):
+    svc = host.service("redflag-agent")
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+def test_exactly_one_agent_on_server_with_this_hostname(host):
+    status = rfcheck.agent_status(host)
+    agents = rfcheck.server_agents_named(host.check_output("hostname"))
+    assert len(agents) == 1, f"server lists {len(agents)} agents for this host"
+    assert agents[0]["agent_id"] == status["agent_id"]
+
+
+def test_registered_and_checked_in(host):
+    status = rfcheck.wait_for(
+        lambda: (lambda s: s if s["last_checkin"] else None)(rfcheck.agent_status(host)),
+        30,
+        what="the first check-in",
+    )
+    assert status["registered"] is True
+    assert status["identity_source"] == "current"
+    assert status["last_error"] is None
+
+
+def test_config_version_6_and_no_token_left(host):
+    config = rfcheck.read_config(host)
+    assert config["version"] == "6"
+    assert not config.get("registration_token")
+    assert config.get("agent_id")
+    assert not rfcheck.file_contains(host, rfcheck.CONFIG, rfcheck.token_file_text()), (
+        "the registration token is still in config.json"
+    )
+
+
+def test_token_never_logged(host):
+    assert rfcheck.token_file_text() not in rfcheck.journal_text(host), (
+        "the registration token appears in the journal"
+    )
+
+
+def test_no_migration_and_no_backups(host):
+    status = rfcheck.agent_status(host)
+    assert status["legacy_present"] is False
+    assert status["migrations_completed"] == []
+    assert status["migration_failures"] in ({}, None)
+    assert status["backups"] == []
+    assert rfcheck.backups(host) == []
+    assert rfcheck.legacy_style_backups(host) == []
+
+
+def test_user(host):
+    user = host.user("redflag-agent")
+    assert user.exists
+    assert user.home == "/var/lib/redflag-agent"
+    assert user.shell.endswith("nologin") or user.shell == "/bin/false"
+    assert user.uid < 1000, "redflag-agent must be a system user"
+
+
+def _assert_file(host, path, kind, owner, group, mode):
+    with host.sudo():
+        f = host.file(path)
+        assert f.exists, f"{path} missing"
+        assert getattr(f, "is_" + kind), f"{path} is not a {kind}"
+        assert (f.user, f.group, f.mode) == (owner, group, mode), (
+            f"{path}: {f.user}:{f.group} {oct(f.mode)}, want {owner}:{group} {oct(mode)}"
+        )
+
+
+def test_modes_and_owners(host):
+    agent = "redflag-agent"
+    _assert_file(host, "/etc/redflag-agent", "directory", agent, agent, 0o750)
+    _assert_file(host, rfcheck.CONFIG, "file", agent, agent, 0o600)
+    _assert_file(host, rfcheck.STATE_DIR, "directory", agent, agent, 0o750)
+    version = rfcheck.agent_status(host)["agent_version"]
+    _assert_file(host, f"/opt/redflag-agent/{version}", "directory", "root", "root", 0o755)
+    _assert_file(
+        host, f"/opt/redflag-agent/{version}/redflag-agent.pyz", "file", "root", "root", 0o644
+    )
+    for name in ("status.json", "migration_state.json"):
+        path = f"{rfcheck.STATE_DIR}/{name}"
+        if host.file(path).exists:
+            _assert_file(host, path, "file", agent, agent, 0o600)
+
+
+def test_current_symlink(host):
+    current = host.file("/opt/redflag-agent/current")
+    assert current.is_symlink
+    version = rfcheck.agent_status(host)["agent_version"]
+    assert current.linked_to == f"/opt/redflag-agent/{version}"
+
+
+def test_server_sees_agent_version(host):
+    status = rfcheck.agent_status(host)
+    (agent,) = [a for a in rfcheck.server_agents() if a["agent_id"] == status["agent_id"]]
+    assert agent["version"] == status["agent_version"]

@@ -1,0 +1,121 @@
+"""Helpers for the scenarios' testinfra tests: the agent's view, the unit's view
+and the stand-in server's view of a test host. Nothing here prints a token."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import devserver  # noqa: E402
+
+AGENT = "python3 -I /opt/redflag-agent/current/redflag-agent.pyz"
+UNIT = "redflag-agent.service"
+CONFIG = "/etc/redflag-agent/config.json"
+STATE_DIR = "/var/lib/redflag-agent"
+BACKUP_DIR = STATE_DIR + "/migration_backups"
+LEGACY_DIRS = ("/etc/aggregator", "/var/lib/aggregator")
+
+
+def state_dir() -> Path:
+    """The scenario's stand-in server directory (see shared/create.yml)."""
+    eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+    if not eph:
+        raise RuntimeError("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the tests via 'molecule verify'")
+    return Path(eph) / "devserver"
+
+
+def server_agents() -> list[dict]:
+    return devserver.agents(state_dir())
+
+
+def server_agents_named(hostname: str) -> list[dict]:
+    return [a for a in server_agents() if a.get("hostname") == hostname]
+
+
+def token_file_text(name: str = "registration_token") -> str:
+    return (state_dir() / name).read_text().strip()
+
+
+def run_ok(host, cmd: str) -> str:
+    """Run as root on the host; fail with the command's stderr (commands here print no secrets)."""
+    with host.sudo():
+        result = host.run(cmd)
+    assert result.rc == 0, f"{cmd!r} exited {result.rc}: {result.stderr.strip()}"
+    return result.stdout
+
+
+def agent_status(host) -> dict:
+    return json.loads(run_ok(host, AGENT + " status --json"))
+
+
+def unit_props(host, *names: str) -> dict[str, str]:
+    args = " ".join("-p " + shlex.quote(n) for n in names)
+    out = run_ok(host, f"systemctl show {UNIT} {args}")
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    missing = [n for n in names if n not in props]
+    assert not missing, f"systemctl show gave no {missing}"
+    return props
+
+
+def read_config(host) -> dict:
+    return json.loads(run_ok(host, "cat " + CONFIG))
+
+
+def backups(host) -> list[str]:
+    out = run_ok(host, f"if [ -d {BACKUP_DIR} ]; then ls -1A {BACKUP_DIR}; fi")
+    return [line for line in out.splitlines() if line]
+
+
+def legacy_style_backups(host) -> list[str]:
+    """Backup dirs the broken upstream agent made (the restart-loop symptom)."""
+    out = run_ok(host, f"ls -1d {STATE_DIR}/migration_backups_* 2>/dev/null || true")
+    return [line for line in out.splitlines() if line]
+
+
+def file_contains(host, path: str, secret: str) -> bool:
+    """True when `secret` occurs in the file, without putting it on any command line."""
+    with host.sudo():
+        f = host.file(path)
+        if not f.exists:
+            return False
+        return secret in f.content_string
+
+
+def journal_text(host) -> str:
+    return run_ok(host, f"journalctl -u {UNIT} --no-pager -o cat || true")
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
+    """Poll until predicate() returns a truthy value; return it or fail saying what we waited for."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def service_restart_and_settle(host, timeout: float = 30.0) -> None:
+    """Restart the unit; wait for a new invocation that is active and has checked in since."""
+    before = unit_props(host, "InvocationID")["InvocationID"]
+    # Host and container share the kernel clock; compare at second resolution.
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    run_ok(host, f"systemctl restart {UNIT}")
+
+    def settled() -> bool:
+        props = unit_props(host, "InvocationID", "ActiveState")
+        if props["InvocationID"] == before or props["ActiveState"] != "active":
+            return False
+        last = agent_status(host).get("last_checkin") or ""
+        return last[:19] >= since
+
+    wait_for(settled, timeout, interval=0.5, what="the restarted agent to be active and check in")
