@@ -286,7 +286,8 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
                                            or not registration_token.strip()):
         raise ConfigError("config apply: 'registration_token' must be a non-empty string "
                           "(omit it when the host does not need to enroll)")
-    base = upgrade_to_current(current) if current is not None else upgrade_to_current({})
+    base = upgrade_to_current(current) if current is not None else {
+        "version": CONFIG_SCHEMA_VERSION}
     for key, value in settings.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key] = {**base[key], **copy.deepcopy(value)}
@@ -297,6 +298,7 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
             base.pop(key, None)
     if registration_token is not None:
         base["registration_token"] = registration_token
+    base = upgrade_to_current(base)  # fills sections a new file lacks; order kept
     validate(base, "merged config")
     return base
 

@@ -1,0 +1,5 @@
+import sys
+
+from redflag_agent.cli import main
+
+sys.exit(main())

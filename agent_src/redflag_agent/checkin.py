@@ -1,0 +1,219 @@
+"""The check-in loop: metrics, token renewal, commands (scan_updates), retry with backoff."""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import os
+import random
+import time
+from typing import Any, Callable, Optional
+
+from . import backoff, scan
+from . import config as cfgmod
+from .client import Client, ClientError, NotFound, ServerError, Unauthorized
+from .paths import Paths
+from .registration import TokenRejected, metadata_for
+from .signals import Terminator
+from .status import StatusFile, utc_now
+from .version import AGENT_VERSION
+
+GIB = 1024 ** 3
+KNOWN_UNSUPPORTED = {"collect_specs", "install_updates", "dry_run_update",
+                     "confirm_dependencies", "enable_heartbeat", "disable_heartbeat",
+                     "update_agent", "reboot"}
+
+
+def _cpu_sample() -> Optional[tuple[int, int]]:
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return idle, sum(fields)
+
+
+def cpu_percent(prev: Optional[tuple[int, int]], cur: Optional[tuple[int, int]]) -> float:
+    if prev is None or cur is None or cur[1] <= prev[1]:
+        return 0.0
+    didle, dtotal = cur[0] - prev[0], cur[1] - prev[1]
+    return round(max(0.0, min(100.0, 100.0 * (1.0 - didle / dtotal))), 1)
+
+
+def parse_meminfo(text: str) -> dict[str, float]:
+    kib = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            kib[parts[0].rstrip(":")] = int(parts[1])
+    total = kib.get("MemTotal", 0) * 1024
+    avail = kib.get("MemAvailable", kib.get("MemFree", 0)) * 1024
+    used = max(0, total - avail)
+    return {
+        "memory_total_gb": round(total / GIB, 2),
+        "memory_used_gb": round(used / GIB, 2),
+        "memory_percent": round(100.0 * used / total, 1) if total else 0.0,
+    }
+
+
+def host_metrics(prev_cpu: Optional[tuple[int, int]]) -> tuple[dict[str, Any], Any]:
+    metrics: dict[str, Any] = {}
+    cur = _cpu_sample()
+    metrics["cpu_percent"] = cpu_percent(prev_cpu, cur)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            metrics.update(parse_meminfo(fh.read()))
+    except OSError:
+        pass
+    try:
+        st = os.statvfs("/")
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        metrics["disk_total_gb"] = round(total / GIB, 2)
+        metrics["disk_used_gb"] = round((total - free) / GIB, 2)
+        metrics["disk_percent"] = round(100.0 * (total - free) / total, 1) if total else 0.0
+    except OSError:
+        pass
+    try:
+        with open("/proc/uptime", encoding="ascii") as fh:
+            metrics["uptime"] = int(float(fh.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    return metrics, cur
+
+
+def parse_until(value: Any) -> Optional[float]:
+    """RFC 3339 UTC timestamp -> epoch seconds, None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    base = text[:19]
+    try:
+        return float(calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return None
+
+
+class Agent:
+    """One registered agent talking to its server. Raises TokenRejected or Terminated."""
+
+    def __init__(self, paths: Paths, cfg: dict[str, Any], client: Client,
+                 log: logging.Logger, *, terminator: Terminator, status: StatusFile,
+                 migrated_from: Optional[str] = None, rand: Callable[[], float] = random.random,
+                 backoff_base: float = backoff.DEFAULT_BASE,
+                 backoff_cap: float = backoff.DEFAULT_CAP,
+                 lister: Callable[[], list[dict[str, Any]]] = scan.list_updates) -> None:
+        self.paths = paths
+        self.cfg = cfg
+        self.client = client
+        self.log = log
+        self.term = terminator
+        self.status = status
+        self.migrated_from = migrated_from
+        self.rand = rand
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.lister = lister
+        self._cpu = _cpu_sample()
+        self._rapid: tuple[bool, Optional[float]] = (False, None)
+
+    @property
+    def agent_id(self) -> str:
+        return str(self.cfg["agent_id"])
+
+    # --- tokens --------------------------------------------------------------------------
+    def renew(self) -> str:
+        try:
+            token = self.client.renew(self.agent_id, str(self.cfg["refresh_token"]))
+        except (Unauthorized, NotFound) as exc:
+            raise TokenRejected(
+                f"the server rejected the refresh token of agent {self.agent_id} "
+                f"({getattr(exc, 'message', '') or exc}). Fix: re-enroll this host: run the "
+                "playbook with redflag_agent_reregister=true and a fresh "
+                "redflag_agent_registration_token (or `redflag-agent register`)") from None
+        with self.term.shielded(), cfgmod.config_lock(self.paths):
+            on_disk = cfgmod.read_config(self.paths.config_file)
+            # save only if the identity on disk is still ours
+            if on_disk is not None and on_disk.get("agent_id") == self.cfg.get("agent_id"):
+                on_disk["token"] = token
+                cfgmod.save_config(self.paths, on_disk)
+        self.cfg["token"] = token
+        self.log.info("access token renewed for agent %s", self.agent_id)
+        return token
+
+    def authed(self, call: Callable[[str], Any]) -> Any:
+        """Call with the JWT; on 401 renew once and retry."""
+        token = self.cfg.get("token") or self.renew()
+        try:
+            return call(str(token))
+        except Unauthorized:
+            self.log.info("access token refused (401); renewing")
+        token = self.renew()
+        try:
+            return call(token)
+        except Unauthorized as exc:
+            raise ServerError(401, f"refused even after a fresh renewal: {exc.message}") from None
+
+    # --- one check-in ------------------------------------------------------------------
+    def metrics_body(self) -> dict[str, Any]:
+        body, self._cpu = host_metrics(self._cpu)
+        body["version"] = AGENT_VERSION
+        body["metadata"] = metadata_for(self.cfg, self.migrated_from)
+        return body
+
+    def check_in_once(self) -> list[dict[str, Any]]:
+        body = self.metrics_body()
+        answer = self.authed(lambda jwt: self.client.check_in(self.agent_id, jwt, body))
+        rapid = answer.get("rapid_polling")
+        if isinstance(rapid, dict):
+            self._rapid = (bool(rapid.get("enabled")), parse_until(rapid.get("until")))
+        else:
+            self._rapid = (False, None)
+        with self.term.shielded():
+            self.status.update(last_checkin=utc_now(), last_error=None)
+        commands = answer.get("commands") or []
+        return [c for c in commands if isinstance(c, dict)] if isinstance(commands, list) else []
+
+    def handle(self, command: dict[str, Any]) -> None:
+        kind = command.get("type")
+        cid = command.get("id")
+        if kind == "scan_updates":
+            self.scan_updates(cid)
+        elif kind in KNOWN_UNSUPPORTED:
+            self.log.warning("command %s (%s) is not supported by this agent; skipped", cid, kind)
+        else:
+            self.log.warning("unknown command type %r (id %s); skipped", kind, cid)
+
+    def scan_updates(self, command_id: Any) -> None:
+        try:
+            updates = self.lister()
+        except (scan.ScanError, OSError) as exc:
+            self.log.error("scan_updates %s failed: %s", command_id, exc)
+            return
+        body = {"command_id": command_id, "timestamp": utc_now(), "updates": updates}
+        self.authed(lambda jwt: self.client.report_updates(self.agent_id, jwt, body))
+        self.log.info("scan_updates %s: reported %d available updates", command_id, len(updates))
+
+    # --- forever -----------------------------------------------------------------------
+    def interval(self) -> float:
+        base = self.cfg.get("check_in_interval") or cfgmod.DEFAULT_CHECK_IN_INTERVAL
+        enabled, until = self._rapid
+        return backoff.rapid_interval(float(base), enabled, until, time.time())
+
+    def loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                for command in self.check_in_once():
+                    self.handle(command)
+                attempt = 0
+                delay = backoff.checkin_delay(self.interval(), self.rand())
+            except ClientError as exc:
+                delay = backoff.retry_delay(attempt, self.rand(), self.backoff_base,
+                                            self.backoff_cap, getattr(exc, "retry_after", None))
+                attempt += 1
+                self.log.warning("check-in failed: %s; retry %d in %.1f s (at %s)", exc, attempt,
+                                 delay, time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
+                with self.term.shielded():
+                    self.status.update(last_error=f"{utc_now()} check-in: {exc}")
+            self.term.sleep(delay)

@@ -1,0 +1,328 @@
+"""Command line: argument parsing, log setup, exit codes (docs/INTERFACES.md)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+from typing import Any, Optional
+
+from . import config as cfgmod
+from . import logs, registration
+from .client import ClientError, NotFound, Unauthorized
+from .lock import InstanceLock, LockHeld
+from .paths import Paths
+from .runner import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, Runner, make_client
+from .signals import Terminator
+from .version import AGENT_VERSION
+
+TOKEN_ENV = "REDFLAG_REGISTRATION_TOKEN"  # noqa: S105 - the variable name, not a token
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# --- run ---------------------------------------------------------------------------------
+def cmd_run(paths: Paths, _args: argparse.Namespace) -> int:
+    term = Terminator()
+    term.install()
+    return Runner(paths, logs.get("runner"), term).run()
+
+
+# --- migrate -----------------------------------------------------------------------------
+def cmd_migrate(paths: Paths, args: argparse.Namespace) -> int:
+    from . import migration  # noqa: PLC0415 - only this command and `run` need it
+
+    log = logs.get("migration")
+    plan = migration.plan(paths)
+    if args.dry_run:
+        if args.json:
+            _print_json({"phases": list(plan.phases), "description": plan.describe()})
+        else:
+            print(plan.describe())
+        return EX_OK
+    if not plan.phases:
+        usable = _config_usable(paths)
+        result = {"ok": True, "phases_done": [], "backup": None,
+                  "message": "nothing to migrate", "config_usable": usable}
+        _print_json(result) if args.json else print("nothing to migrate")
+        return EX_OK
+    lock = InstanceLock(paths.state_dir)
+    try:
+        if paths.state_dir.is_dir():
+            lock.acquire()
+        report = migration.execute(paths, log)
+    except LockHeld as exc:
+        log.error("%s", exc)
+        return EX_TEMPFAIL
+    finally:
+        lock.release()
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.message)
+    if report.ok or report.config_usable:
+        return EX_OK
+    return EX_CONFIG
+
+
+def _config_usable(paths: Paths) -> bool:
+    try:
+        return cfgmod.read_config(paths.config_file) is not None
+    except cfgmod.ConfigError:
+        return False
+
+
+# --- status ------------------------------------------------------------------------------
+def cmd_status(paths: Paths, args: argparse.Namespace) -> int:
+    from . import status  # noqa: PLC0415
+
+    rep = status.report(paths, logs.get("status"))
+    if args.json:
+        _print_json(rep)
+    else:
+        print(status.human(rep))
+    return EX_OK
+
+
+# --- register ----------------------------------------------------------------------------
+def _read_token(args: argparse.Namespace, cfg: Optional[dict[str, Any]]) -> Optional[str]:
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise cfgmod.ConfigError(f"cannot read token file {args.token_file}: "
+                                     f"{exc.strerror}") from None
+        if not token:
+            raise cfgmod.ConfigError(f"token file {args.token_file} is empty; put the "
+                                     "registration token in it")
+        return token
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip()
+    if not sys.stdin.isatty():
+        token = sys.stdin.read().strip()
+        if token:
+            return token
+    if cfg and cfg.get("registration_token"):
+        return str(cfg["registration_token"])
+    return None
+
+
+def cmd_register(paths: Paths, args: argparse.Namespace) -> int:
+    log = logs.get("register")
+    try:
+        cfg = cfgmod.read_config(paths.config_file)
+        if cfgmod.is_registered(cfg):
+            print(f"already registered as agent {cfg['agent_id']}; nothing to do "  # type: ignore[index]
+                  "(to enroll again: `redflag-agent unregister` first)")
+            return EX_OK
+        if args.server:
+            with cfgmod.config_lock(paths):
+                cfg = cfgmod.read_config(paths.config_file)
+                new = cfgmod.merge_desired(cfg, {"server_url": args.server}, None, False)
+                if new != cfg:
+                    cfgmod.save_config(paths, new)
+                cfg = new
+        if cfg is None or not cfg.get("server_url"):
+            log.error("no server_url in %s: pass --server URL", paths.config_file)
+            return EX_CONFIG
+        token = _read_token(args, cfg)
+        if token is None:
+            log.error("no registration token: give it with --token-file FILE, on stdin, or in "
+                      "the environment variable %s (never on the command line)", TOKEN_ENV)
+            return EX_CONFIG
+        client = make_client(cfg)
+        new_cfg = registration.perform(client, paths, token, cfg, log,
+                                       migrated_from=_migrated_from(paths))
+    except cfgmod.ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    except ValueError as exc:
+        log.error("%s: %s", paths.config_file, exc)
+        return EX_CONFIG
+    except registration.TokenRejected as exc:
+        log.error("%s", exc)
+        return EX_NOPERM
+    except ClientError as exc:
+        log.error("registration failed: %s; check the server and try again", exc)
+        return EX_UNAVAILABLE
+    print(f"registered as agent {new_cfg['agent_id']}")
+    return EX_OK
+
+
+def _migrated_from(paths: Paths) -> Optional[str]:
+    try:
+        from . import migration  # noqa: PLC0415
+
+        return migration.migrated_from(paths)
+    except Exception:
+        return None
+
+
+# --- unregister --------------------------------------------------------------------------
+def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
+    from .checkin import Agent  # noqa: PLC0415
+    from .status import StatusFile  # noqa: PLC0415
+
+    log = logs.get("unregister")
+    try:
+        cfg = cfgmod.read_config(paths.config_file)
+    except cfgmod.ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    if not cfgmod.is_registered(cfg):
+        log.error("not registered: %s holds no agent_id/refresh_token; nothing to unregister",
+                  paths.config_file)
+        return EX_CONFIG
+    assert cfg is not None  # noqa: S101 - is_registered(None) is False
+    try:
+        client = make_client(cfg)
+    except ValueError as exc:
+        log.error("%s: %s", paths.config_file, exc)
+        return EX_CONFIG
+    agent = Agent(paths, cfg, client, log, terminator=Terminator(),
+                  status=StatusFile(paths, log))
+    agent_id = agent.agent_id
+    server_knew = True
+    try:
+        agent.authed(lambda jwt: client.unregister(agent_id, jwt))
+    except NotFound:
+        server_knew = False
+        log.warning("the server does not know agent %s; clearing the local identity", agent_id)
+    except registration.TokenRejected as exc:
+        log.error("%s", exc)
+        return EX_NOPERM
+    except Unauthorized as exc:
+        log.error("unregister refused: %s", exc)
+        return EX_NOPERM
+    except ClientError as exc:
+        log.error("cannot unregister: %s; the local identity is kept, try again later", exc)
+        return EX_UNAVAILABLE
+    with cfgmod.config_lock(paths):
+        on_disk = cfgmod.read_config(paths.config_file) or cfg
+        for key in cfgmod.IDENTITY_KEYS:
+            on_disk.pop(key, None)
+        cfgmod.save_config(paths, on_disk)
+    if args.json:
+        _print_json({"unregistered": True, "agent_id": agent_id, "server_knew": server_knew})
+    else:
+        print(f"unregistered agent {agent_id}")
+    return EX_OK
+
+
+# --- config apply ------------------------------------------------------------------------
+APPLY_KEYS = {"settings", "registration_token", "reregister"}
+
+
+def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool]:
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise cfgmod.ConfigError(f"config apply: stdin is not valid JSON ({exc}); expected "
+                                 '{"settings": {...}, "registration_token": ..., '
+                                 '"reregister": false}') from None
+    if not isinstance(obj, dict):
+        raise cfgmod.ConfigError("config apply: stdin must be a JSON object with 'settings'")
+    unknown = sorted(set(obj) - APPLY_KEYS)
+    if unknown:
+        raise cfgmod.ConfigError(f"config apply: unknown input keys {', '.join(unknown)}; "
+                                 f"allowed: {', '.join(sorted(APPLY_KEYS))}")
+    settings = obj.get("settings", {})
+    if not isinstance(settings, dict):
+        raise cfgmod.ConfigError("config apply: 'settings' must be a JSON object")
+    token = obj.get("registration_token")
+    reregister = obj.get("reregister", False)
+    if not isinstance(reregister, bool):
+        raise cfgmod.ConfigError("config apply: 'reregister' must be true or false")
+    return settings, token, reregister
+
+
+def config_diff(old: Optional[dict[str, Any]], new: dict[str, Any], path: str) -> str:
+    a = cfgmod.serialize(cfgmod.redacted(old)).decode() if old is not None else ""
+    b = cfgmod.serialize(cfgmod.redacted(new)).decode()
+    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True),
+                                        fromfile=path if old is not None else "/dev/null",
+                                        tofile=path))
+
+
+def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
+    log = logs.get("config")
+    try:
+        settings, token, reregister = parse_apply_input(sys.stdin.read())
+        with cfgmod.config_lock(paths):
+            current = cfgmod.read_config(paths.config_file)
+            new = cfgmod.merge_desired(current, settings, token, reregister)
+            changed = current != new
+            if changed and not args.check:
+                cfgmod.save_config(paths, new)
+    except cfgmod.ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    result = {
+        "changed": changed,
+        "created": current is None,
+        "path": str(paths.config_file),
+        "changed_keys": cfgmod.changed_keys(current, new) if changed else [],
+        "diff": config_diff(current, new, str(paths.config_file)) if changed else "",
+    }
+    if args.json:
+        _print_json(result)
+    elif not changed:
+        print(f"{paths.config_file}: unchanged")
+    else:
+        verb = "would " if args.check else ""
+        print(f"{paths.config_file}: {verb}{'create' if current is None else 'change'} "
+              f"({', '.join(result['changed_keys'])})\n{result['diff']}", end="")
+    return EX_OK
+
+
+def cmd_version(_paths: Paths, _args: argparse.Namespace) -> int:
+    print(AGENT_VERSION)
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redflag-agent",
+                                description="RedFlag update-management agent")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("run", help="check in forever (the systemd entry point)").set_defaults(
+        func=cmd_run)
+    m = sub.add_parser("migrate", help="migrate a legacy install (or print the plan)")
+    m.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_migrate)
+    s = sub.add_parser("status", help="registration, migrations, last check-in; no tokens")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    r = sub.add_parser("register", help=f"register with the server (token from --token-file, "
+                                        f"stdin or ${TOKEN_ENV})")
+    r.add_argument("--server", metavar="URL", help="server URL to record in the config")
+    r.add_argument("--token-file", metavar="FILE", help="file holding the registration token")
+    r.set_defaults(func=cmd_register)
+    u = sub.add_parser("unregister", help="remove this agent from the server and forget it")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_unregister)
+    c = sub.add_parser("config", help="manage config.json")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    a = csub.add_parser("apply", help="merge desired settings (JSON on stdin) into the config")
+    a.add_argument("--check", action="store_true", help="report only, write nothing")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_config_apply)
+    sub.add_parser("version", help="print the agent version").set_defaults(func=cmd_version)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(os.environ.get("REDFLAG_LOG_LEVEL", "info"))
+    paths = Paths.from_env()
+    try:
+        return int(args.func(paths, args))
+    except KeyboardInterrupt:
+        return 130

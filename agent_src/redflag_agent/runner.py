@@ -1,0 +1,193 @@
+"""`run`: lock -> migrate if needed -> load config -> register if needed -> check in forever.
+
+The order matters: an unregistered host without a token must exit 78 having written nothing,
+so nothing is created before we know there is work to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import Any, Callable, Optional
+
+from . import backoff, logs, registration
+from . import config as cfgmod
+from .checkin import Agent
+from .client import Client, ClientError
+from .lock import InstanceLock, LockHeld
+from .owner import chown_to_agent
+from .paths import Paths
+from .signals import Terminated, Terminator
+from .status import StatusFile, utc_now
+
+EX_OK = 0
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+def backoff_settings(paths: Paths, environ: Optional[dict[str, str]] = None) -> tuple[float, float]:
+    """Tests may shorten the backoff, but never on a production root."""
+    env = os.environ if environ is None else environ
+    if paths.is_production:
+        return backoff.DEFAULT_BASE, backoff.DEFAULT_CAP
+    try:
+        base = float(env.get("REDFLAG_BACKOFF_BASE", backoff.DEFAULT_BASE))
+        cap = float(env.get("REDFLAG_BACKOFF_CAP", backoff.DEFAULT_CAP))
+    except ValueError:
+        return backoff.DEFAULT_BASE, backoff.DEFAULT_CAP
+    return base, cap
+
+
+def make_client(cfg: dict[str, Any]) -> Client:
+    network = cfg.get("network") if isinstance(cfg.get("network"), dict) else {}
+    timeout = network.get("timeout") or 30  # type: ignore[union-attr]
+    return Client(str(cfg["server_url"]), timeout=float(timeout),
+                  proxy=cfg.get("proxy") if isinstance(cfg.get("proxy"), dict) else None,
+                  tls=cfg.get("tls") if isinstance(cfg.get("tls"), dict) else None)
+
+
+def _migrated_from(paths: Paths, log: logging.Logger) -> Optional[str]:
+    from . import migration  # noqa: PLC0415 - the one subpackage the runner may defer
+    try:
+        return migration.migrated_from(paths)
+    except Exception as exc:  # metadata only; never fatal
+        log.warning("cannot read migration state for metadata: %s", exc)
+        return None
+
+
+class Runner:
+    def __init__(self, paths: Paths, log: logging.Logger, terminator: Terminator, *,
+                 rand: Callable[[], float] = random.random,
+                 environ: Optional[dict[str, str]] = None) -> None:
+        self.paths = paths
+        self.log = log
+        self.term = terminator
+        self.rand = rand
+        self.backoff_base, self.backoff_cap = backoff_settings(paths, environ)
+        self.lock = InstanceLock(paths.state_dir)
+        self.status: Optional[StatusFile] = None
+
+    def _ensure_state_dir_locked(self) -> None:
+        """Create the state dir only once there is real work, then lock it."""
+        if self.lock.held:
+            return
+        if not self.paths.state_dir.is_dir():
+            with self.term.shielded():
+                self.paths.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+                chown_to_agent(self.paths.state_dir)
+        self.lock.acquire()
+
+    def _record_exit(self, reason: str, error: Optional[str] = None) -> None:
+        if self.status is None or not self.lock.held:
+            return
+        changes: dict[str, Any] = {"last_exit_reason": f"{utc_now()} {reason}"}
+        if error is not None:
+            changes["last_error"] = f"{utc_now()} {error}"
+        self.status.update(**changes)
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except LockHeld as exc:
+            self.log.error("%s", exc)
+            return EX_TEMPFAIL
+        except Terminated as exc:
+            self.log.info("stopping on %s", exc)
+            self._record_exit(f"stopped by {exc}")
+            return EX_OK
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
+        if self.paths.state_dir.is_dir():
+            self.lock.acquire()
+        from . import migration  # noqa: PLC0415 - keeps `version`/`status` start-up light
+
+        plan = migration.plan(self.paths)
+        if plan.phases:
+            self._ensure_state_dir_locked()
+            self.log.info("migration needed: %s", plan.describe())
+            with self.term.shielded():
+                report = migration.execute(self.paths, self.log)
+            if not report.ok:
+                self.log.error("migration failed: %s", report.message)
+                if not report.config_usable:
+                    return EX_CONFIG
+                self.log.warning("the current config is usable; starting anyway")
+        try:
+            cfg = cfgmod.read_config(self.paths.config_file)
+        except cfgmod.ConfigError as exc:
+            self.log.error("cannot use the config: %s", exc)
+            return EX_CONFIG
+        if cfg is None:
+            self.log.error("no config at %s: install the agent with the playbook (it writes "
+                           "server_url and the registration token) or `redflag-agent config "
+                           "apply`", self.paths.config_file)
+            return EX_CONFIG
+        if not isinstance(cfg.get("server_url"), str) or not cfg["server_url"].strip():
+            self.log.error("%s has no server_url: set redflag_agent_server_url in the playbook "
+                           "(or `redflag-agent register --server URL`)", self.paths.config_file)
+            return EX_CONFIG
+        logging_cfg = cfg.get("logging")
+        if isinstance(logging_cfg, dict) and not os.environ.get("REDFLAG_LOG_LEVEL"):
+            logs.set_level(logging_cfg.get("level"))
+        if cfgmod.needs_schema_upgrade(cfg):
+            # migration did not (or could not) upgrade it: run on an in-memory upgrade
+            cfg = cfgmod.upgrade_to_current(cfg)
+        decision = registration.decide_registration(
+            cfg, token_available=bool(cfg.get("registration_token")))
+        if decision.action == registration.CANNOT_REGISTER:
+            self.log.error("%s", registration.missing_token_message(self.paths))
+            return EX_CONFIG
+        try:
+            client = make_client(cfg)
+        except (ValueError, OSError) as exc:
+            self.log.error("%s: %s", self.paths.config_file, exc)
+            return EX_CONFIG
+        self._ensure_state_dir_locked()
+        self.status = StatusFile(self.paths, self.log)
+        migrated_from = _migrated_from(self.paths, self.log)
+        try:
+            if decision.action == registration.REGISTER:
+                cfg = self._register_until_done(client, cfg, migrated_from)
+            agent = Agent(self.paths, cfg, client, self.log, terminator=self.term,
+                          status=self.status, migrated_from=migrated_from, rand=self.rand,
+                          backoff_base=self.backoff_base, backoff_cap=self.backoff_cap)
+            self.log.info("agent %s checking in with %s every %s s", agent.agent_id,
+                          client.base, cfg.get("check_in_interval")
+                          or cfgmod.DEFAULT_CHECK_IN_INTERVAL)
+            agent.loop()
+        except registration.TokenRejected as exc:
+            self.log.error("%s", exc)
+            with self.term.shielded():
+                self._record_exit("exit 77: token rejected", str(exc))
+            return EX_NOPERM
+        except cfgmod.ConfigError as exc:
+            self.log.error("cannot use the config: %s", exc)
+            return EX_CONFIG
+        return EX_OK  # pragma: no cover - loop() only leaves by exception
+
+    def _register_until_done(self, client: Client, cfg: dict[str, Any],
+                             migrated_from: Optional[str]) -> dict[str, Any]:
+        attempt = 0
+        token = str(cfg["registration_token"])
+        while True:
+            try:
+                return registration.perform(client, self.paths, token, cfg, self.log,
+                                            migrated_from=migrated_from,
+                                            shield=self.term.shielded)
+            except ClientError as exc:
+                delay = backoff.retry_delay(attempt, self.rand(), self.backoff_base,
+                                            self.backoff_cap, getattr(exc, "retry_after", None))
+                attempt += 1
+                self.log.warning("registration failed: %s; retry %d in %.1f s (at %s)", exc,
+                                 attempt, delay,
+                                 time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
+                if self.status is not None:
+                    with self.term.shielded():
+                        self.status.update(last_error=f"{utc_now()} registration: {exc}")
+                self.term.sleep(delay)

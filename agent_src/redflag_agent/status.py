@@ -1,0 +1,153 @@
+"""status.json (last check-in, last error, exit reason) and the `status --json` report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Optional
+
+from . import config as cfgmod
+from .atomic import atomic_write_json
+from .owner import chown_to_agent
+from .paths import Paths
+from .version import AGENT_VERSION
+
+STATE_KEYS = ("last_checkin", "last_error", "last_exit_reason")
+REPORT_KEYS = (
+    "agent_version", "config_path", "config_present", "config_valid", "config_error",
+    "config_version", "registered", "identity_source", "agent_id", "server_url",
+    "registration_token_present", "legacy_present", "migrations_completed",
+    "migrations_pending", "migration_failures", "backups", "last_checkin", "last_error",
+    "last_exit_reason",
+)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_state(paths: Paths) -> dict[str, Any]:
+    try:
+        with open(paths.status_file, "rb") as fh:
+            obj = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+class StatusFile:
+    """Writes status.json only when its content changes, and never creates the state dir."""
+
+    def __init__(self, paths: Paths, log: logging.Logger) -> None:
+        self.paths = paths
+        self.log = log
+        self.state = {k: read_state(paths).get(k) for k in STATE_KEYS}
+
+    def update(self, **changes: Any) -> None:
+        new = dict(self.state)
+        new.update(changes)
+        if new == self.state:
+            return
+        self.state = new
+        if not self.paths.state_dir.is_dir():
+            return
+        try:
+            atomic_write_json(self.paths.status_file, new, 0o600)
+            chown_to_agent(self.paths.status_file)
+        except OSError as exc:
+            # status is informational: a full disk must not stop check-ins
+            self.log.warning("cannot write %s: %s", self.paths.status_file, exc)
+
+
+def _migration_summary(paths: Paths, log: logging.Logger) -> tuple[dict[str, Any], Any]:
+    try:
+        # lazy: a broken migration package must not stop `status` from answering
+        from . import migration  # noqa: PLC0415
+        return migration.summary(paths), migration
+    except Exception as exc:  # status must always answer
+        log.warning("cannot read migration state: %s", exc)
+        return {}, None
+
+
+def _legacy_identity(paths: Paths) -> Optional[dict[str, Any]]:
+    try:
+        return cfgmod.read_config(paths.legacy_config_file)
+    except cfgmod.ConfigError:
+        return None
+
+
+def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
+    """Pure of side effects: reads files, writes nothing."""
+    out: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
+    out["agent_version"] = AGENT_VERSION
+    out["config_path"] = str(paths.config_file)
+    out["config_present"] = paths.config_file.exists()
+    cfg: Optional[dict[str, Any]] = None
+    try:
+        cfg = cfgmod.read_config(paths.config_file)
+        out["config_valid"] = cfg is not None
+    except cfgmod.ConfigError as exc:
+        out["config_valid"] = False
+        out["config_error"] = str(exc)
+    if cfg is not None:
+        version = cfgmod.schema_version_of(cfg)
+        out["config_version"] = str(version) if version is not None else None
+        out["server_url"] = cfg.get("server_url")
+        out["registration_token_present"] = bool(cfg.get("registration_token"))
+    else:
+        out["registration_token_present"] = False
+    legacy_present = paths.legacy_config_dir.exists() or paths.legacy_state_dir.exists()
+    out["legacy_present"] = legacy_present
+    out["registered"] = False
+    if cfgmod.is_registered(cfg):
+        out["registered"] = True
+        out["identity_source"] = "current"
+        out["agent_id"] = cfg["agent_id"]  # type: ignore[index]
+    elif legacy_present:
+        legacy = _legacy_identity(paths)
+        if cfgmod.is_registered(legacy):
+            out["registered"] = True
+            out["identity_source"] = "legacy"
+            out["agent_id"] = legacy["agent_id"]  # type: ignore[index]
+            if out["server_url"] is None:
+                out["server_url"] = legacy.get("server_url")  # type: ignore[union-attr]
+    summary, _ = _migration_summary(paths, log)
+    out["migrations_completed"] = list(summary.get("completed") or [])
+    out["migrations_pending"] = list(summary.get("pending") or [])
+    out["migration_failures"] = dict(summary.get("failures") or {})
+    out["backups"] = list(summary.get("backups") or [])
+    state = read_state(paths)
+    for key in STATE_KEYS:
+        out[key] = state.get(key)
+    return out
+
+
+def human(rep: dict[str, Any]) -> str:
+    lines = [
+        f"agent version:   {rep['agent_version']}",
+        f"config:          {rep['config_path']} ("
+        + ("missing" if not rep["config_present"] else
+           "valid" if rep["config_valid"] else "INVALID") + ")",
+    ]
+    if rep["config_error"]:
+        lines.append(f"config error:    {rep['config_error']}")
+    lines += [
+        f"config version:  {rep['config_version']}",
+        f"registered:      {'yes' if rep['registered'] else 'no'}"
+        + (f" ({rep['identity_source']} config)" if rep["identity_source"] else ""),
+        f"agent id:        {rep['agent_id']}",
+        f"server:          {rep['server_url']}",
+        f"reg. token set:  {'yes' if rep['registration_token_present'] else 'no'}",
+        f"legacy present:  {'yes' if rep['legacy_present'] else 'no'}",
+        f"migrations done: {', '.join(rep['migrations_completed']) or '-'}",
+        f"pending:         {', '.join(rep['migrations_pending']) or '-'}",
+        f"backups:         {', '.join(rep['backups']) or '-'}",
+        f"last check-in:   {rep['last_checkin']}",
+        f"last error:      {rep['last_error']}",
+        f"last exit:       {rep['last_exit_reason']}",
+    ]
+    if rep["migration_failures"]:
+        for phase, info in rep["migration_failures"].items():
+            lines.append(f"migration failed: {phase}: {info}")
+    return "\n".join(lines)
