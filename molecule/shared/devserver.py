@@ -128,7 +128,8 @@ def _require_running(state_dir: Path) -> dict:
     state = _load_state(state_dir)
     if not state:
         raise DevServerError(
-            f"no stand-in server state in {state_dir}; run 'molecule create' for this scenario first"
+            f"no stand-in server state in {state_dir}; "
+            "run 'molecule create' for this scenario first"
         )
     return state
 
@@ -139,7 +140,8 @@ def mint(state_dir: Path, out_name: str, seats: int, revoke: bool) -> Path:
         raise DevServerError(f"--out must be a plain file name, got {out_name!r}")
     result = subprocess.run(
         _devserver_cmd(
-            "mint-token", "--db", state["db"], "--seats", str(seats), "--note", "molecule:" + out_name
+            "mint-token", "--db", state["db"], "--seats", str(seats),
+            "--note", "molecule:" + out_name,
         ),
         capture_output=True,
         text=True,
@@ -161,7 +163,9 @@ def mint(state_dir: Path, out_name: str, seats: int, revoke: bool) -> Path:
             check=False,
         )
         if rev.returncode != 0:
-            raise DevServerError(f"revoke-token failed (exit {rev.returncode}): {rev.stderr.strip()}")
+            raise DevServerError(
+                f"revoke-token failed (exit {rev.returncode}): {rev.stderr.strip()}"
+            )
     path = state_dir / out_name
     _write_private(path, token + "\n")
     return path
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "start":
             print(json.dumps(start(args.state_dir)))
         elif args.command == "mint":
-            print(json.dumps({"token_file": str(mint(args.state_dir, args.out, args.seats, args.revoke))}))
+            path = mint(args.state_dir, args.out, args.seats, args.revoke)
+            print(json.dumps({"token_file": str(path)}))
         elif args.command == "agents":
             print(json.dumps(agents(args.state_dir), indent=2))
         else:

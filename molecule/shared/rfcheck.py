@@ -26,7 +26,9 @@ def state_dir() -> Path:
     """The scenario's stand-in server directory (see shared/create.yml)."""
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     if not eph:
-        raise RuntimeError("MOLECULE_EPHEMERAL_DIRECTORY is not set: run the tests via 'molecule verify'")
+        raise RuntimeError(
+            "MOLECULE_EPHEMERAL_DIRECTORY is not set: run the tests via 'molecule verify'"
+        )
     return Path(eph) / "devserver"
 
 
@@ -91,8 +93,26 @@ def journal_text(host) -> str:
     return run_ok(host, f"journalctl -u {UNIT} --no-pager -o cat || true")
 
 
+def checked_in_status(host) -> dict | None:
+    """The agent's status once it has checked in at least once, else None."""
+    status = agent_status(host)
+    return status if status.get("last_checkin") else None
+
+
+def assert_file(host, path: str, kind: str, owner: str, mode: int) -> None:
+    """Owner and group are both `owner` (the project's layout has no mixed pairs)."""
+    with host.sudo():
+        f = host.file(path)
+        assert f.exists, f"{path} missing"
+        assert getattr(f, "is_" + kind), f"{path} is not a {kind}"
+        got = (f.user, f.group, f.mode)
+    assert got == (owner, owner, mode), (
+        f"{path}: {got[0]}:{got[1]} {oct(got[2])}, want {owner}:{owner} {oct(mode)}"
+    )
+
+
 def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
-    """Poll until predicate() returns a truthy value; return it or fail saying what we waited for."""
+    """Poll until predicate() returns a truthy value; return it, or fail naming `what`."""
     deadline = time.monotonic() + timeout
     last = None
     while True:

@@ -20,7 +20,7 @@ def test_exactly_one_agent_on_server_with_this_hostname(host):
 
 def test_registered_and_checked_in(host):
     status = rfcheck.wait_for(
-        lambda: (lambda s: s if s["last_checkin"] else None)(rfcheck.agent_status(host)),
+        lambda: rfcheck.checked_in_status(host),
         30,
         what="the first check-in",
     )
@@ -63,30 +63,20 @@ def test_user(host):
     assert user.uid < 1000, "redflag-agent must be a system user"
 
 
-def _assert_file(host, path, kind, owner, group, mode):
-    with host.sudo():
-        f = host.file(path)
-        assert f.exists, f"{path} missing"
-        assert getattr(f, "is_" + kind), f"{path} is not a {kind}"
-        assert (f.user, f.group, f.mode) == (owner, group, mode), (
-            f"{path}: {f.user}:{f.group} {oct(f.mode)}, want {owner}:{group} {oct(mode)}"
-        )
-
-
 def test_modes_and_owners(host):
     agent = "redflag-agent"
-    _assert_file(host, "/etc/redflag-agent", "directory", agent, agent, 0o750)
-    _assert_file(host, rfcheck.CONFIG, "file", agent, agent, 0o600)
-    _assert_file(host, rfcheck.STATE_DIR, "directory", agent, agent, 0o750)
+    rfcheck.assert_file(host, "/etc/redflag-agent", "directory", agent, 0o750)
+    rfcheck.assert_file(host, rfcheck.CONFIG, "file", agent, 0o600)
+    rfcheck.assert_file(host, rfcheck.STATE_DIR, "directory", agent, 0o750)
     version = rfcheck.agent_status(host)["agent_version"]
-    _assert_file(host, f"/opt/redflag-agent/{version}", "directory", "root", "root", 0o755)
-    _assert_file(
-        host, f"/opt/redflag-agent/{version}/redflag-agent.pyz", "file", "root", "root", 0o644
+    rfcheck.assert_file(host, f"/opt/redflag-agent/{version}", "directory", "root", 0o755)
+    rfcheck.assert_file(
+        host, f"/opt/redflag-agent/{version}/redflag-agent.pyz", "file", "root", 0o644
     )
     for name in ("status.json", "migration_state.json"):
         path = f"{rfcheck.STATE_DIR}/{name}"
         if host.file(path).exists:
-            _assert_file(host, path, "file", agent, agent, 0o600)
+            rfcheck.assert_file(host, path, "file", agent, 0o600)
 
 
 def test_current_symlink(host):
