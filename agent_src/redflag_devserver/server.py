@@ -62,7 +62,9 @@ def serve(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     written: list[str] = []
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+    )
     try:
         bound_port = server.server_address[1]
         if pid_file:
