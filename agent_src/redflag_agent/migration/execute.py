@@ -1,0 +1,229 @@
+"""Carry out a plan: record intent, back up once, run phases, roll back on failure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..config import ConfigError, config_lock, read_config
+from ..owner import chown_to_agent
+from ..paths import Paths
+from .backup import (
+    RestoreError,
+    collect_entries,
+    create_backup,
+    load_manifest,
+    new_backup_name,
+    prune,
+    restore,
+)
+from .decide import decide
+from .faults import crash_point, write_point
+from .merge import legacy_moves
+from .model import (
+    DEFAULT_RETENTION,
+    MAX_ATTEMPTS,
+    MAX_RESUMES,
+    MigrationError,
+    Plan,
+    Report,
+    Snapshot,
+)
+from .phases import RUNNERS, Context
+from .snapshot import read_snapshot
+from .state import record_completed, record_failure, save_state, set_aside_corrupt, utc_now
+
+
+def config_usable(paths: Paths) -> bool:
+    try:
+        return read_config(paths.config_file) is not None
+    except ConfigError:
+        return False
+
+
+def _unchanged_report(paths: Paths, plan: Plan, dry_run: bool) -> Report:
+    usable = config_usable(paths)
+    if plan.error or plan.blocked:
+        return Report(ok=False, message=plan.describe(), config_usable=usable,
+                      dry_run=dry_run, failed_phase=next(iter(plan.blocked), None))
+    return Report(ok=True, message=plan.describe(), config_usable=usable, dry_run=dry_run,
+                  phases_planned=list(plan.phases))
+
+
+def _ensure_dirs(paths: Paths) -> None:
+    for d in (paths.config_dir, paths.state_dir):
+        if not d.is_dir():
+            d.mkdir(mode=0o750, parents=True, exist_ok=True)
+            chown_to_agent(d)
+
+
+def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
+            retry_failed: bool = False, retention: int = DEFAULT_RETENTION,
+            environ: Optional[Mapping[str, str]] = None) -> Report:
+    """Migrate if (and only if) needed. Writes nothing when there is nothing to do.
+
+    retry_failed: also run phases given up after MAX_ATTEMPTS failures (operator's choice).
+    """
+    snap = read_snapshot(paths, environ)
+    plan = decide(snap, retry_failed)
+    for warning in plan.warnings:
+        log.warning(warning)
+    if dry_run or plan.error or not plan.phases:
+        return _unchanged_report(paths, plan, dry_run)
+    _ensure_dirs(paths)
+    with config_lock(paths):
+        # another process may have migrated while we waited for the lock
+        snap = read_snapshot(paths, environ)
+        plan = decide(snap, retry_failed)
+        if plan.error or not plan.phases:
+            return _unchanged_report(paths, plan, False)
+        return _Run(paths, log, environ, snap, plan, retention).run()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+@dataclass
+class _Run:
+    paths: Paths
+    log: logging.Logger
+    environ: Optional[Mapping[str, str]]
+    snap: Snapshot
+    plan: Plan
+    retention: int
+    state: dict[str, Any] = field(default_factory=dict)
+    ip: dict[str, Any] = field(default_factory=dict)
+
+    def _crash(self, point: str, when: str) -> None:
+        crash_point(self.paths, point, when, self.environ)
+
+    def _begin(self) -> None:
+        """Record the intent (phases, backup name) before anything else is written."""
+        state = self.snap.state
+        if self.snap.state_error:
+            moved = set_aside_corrupt(self.paths)
+            if moved:
+                self.log.warning("unusable migration state set aside as %s", moved)
+        ip = state.get("in_progress")
+        if ip:
+            ip = {**ip, "resumes": int(ip.get("resumes", 0)) + 1}
+            self.log.warning("resuming a migration interrupted earlier (backup %s)",
+                             ip["backup"])
+        else:
+            ip = {"backup": new_backup_name(self.paths), "started_at": utc_now(), "resumes": 0,
+                  "completed_before": list(state["completed"])}
+            if self.plan.migrated_from:
+                ip["migrated_from"] = self.plan.migrated_from
+        ip["phases"] = list(self.plan.phases)
+        self.ip = ip
+        self.state = {**state, "in_progress": ip}
+        save_state(self.paths, self.state)
+
+    def _backup(self) -> dict[str, Any]:
+        """The run's one backup: reused when a crashed run already completed it."""
+        name = self.ip["backup"]
+        self._crash("backup", "before")
+        manifest = load_manifest(self.paths, name)
+        if manifest is None:
+            snap = self.snap
+            moves = legacy_moves(self.paths, snap.legacy_config_names, snap.legacy_state_names,
+                                 snap.legacy_config)
+            entries = collect_entries(self.paths, moves)
+            write_point(self.paths, "backup", self.environ)
+            manifest = create_backup(self.paths, name, entries,
+                                     lambda when: self._crash("backup", when))
+            self.log.info("backup taken in %s", self.paths.backups_dir / name)
+        self._crash("backup", "after")
+        for old in prune(self.paths, self.retention, {name}):
+            self.log.info("old migration backup %s removed (keeping %d)", old, self.retention)
+        return manifest
+
+    def run(self) -> Report:
+        self._begin()
+        self.log.info("migrating: %s", ", ".join(self.plan.phases))
+        first = next(p for p in self.plan.phases if p not in self.state["completed"])
+        try:
+            manifest = self._backup()
+        except (OSError, MigrationError) as exc:
+            # nothing was changed yet: no rollback, only the record
+            reason = f"could not take the backup in {self.paths.backups_dir}: {_reason(exc)}"
+            return self._fail(first, reason, self.ip["completed_before"], backup=None)
+
+        ctx = Context(self.paths, self.log, self.environ)
+        done: list[str] = []
+        phase = first
+        try:
+            if self.ip["resumes"] >= MAX_RESUMES:
+                raise MigrationError(f"the migration was interrupted {self.ip['resumes']} "
+                                     f"times (killed or out of memory?) during {phase!r}")
+            for phase in self.plan.phases:
+                if phase in self.state["completed"]:
+                    continue
+                self._crash(phase, "before")
+                RUNNERS[phase](ctx)
+                self._crash(phase, "after")
+                self.state = record_completed(self.state, phase)
+                save_state(self.paths, self.state)
+                done.append(phase)
+        except Exception as exc:  # noqa: BLE001 - any failure must roll back, and is reported
+            return self._roll_back(phase, exc, manifest)
+        return self._finish(done)
+
+    def _finish(self, done: list[str]) -> Report:
+        name = self.ip["backup"]
+        final = {k: v for k, v in self.state.items() if k != "in_progress"}
+        origin = ""
+        if "directory" in self.plan.phases and self.ip.get("migrated_from"):
+            final["migrated_from"] = self.ip["migrated_from"]
+            origin = f" from {final['migrated_from']}"
+        save_state(self.paths, final)
+        message = f"migrated{origin}: {', '.join(self.plan.phases)} (backup {name})"
+        self.log.info(message)
+        return Report(ok=True, phases_done=done, backup=name, message=message,
+                      config_usable=config_usable(self.paths),
+                      phases_planned=list(self.plan.phases))
+
+    def _roll_back(self, phase: str, exc: BaseException, manifest: dict[str, Any]) -> Report:
+        name = self.ip["backup"]
+        reason = _reason(exc)
+        self.log.error("migration phase %r failed (%s); restoring from %s", phase, reason,
+                       self.paths.backups_dir / name)
+        try:
+            restore(self.paths, name, manifest)
+        except (RestoreError, OSError) as rexc:
+            # keep the intent: the next start goes on forward with the same backup
+            reason = f"{reason}; rollback incomplete: {_reason(rexc)}"
+            return self._fail(phase, reason, self.state["completed"], backup=name,
+                              keep_intent=True)
+        self.log.info("restored everything from before the migration")
+        return self._fail(phase, reason, self.ip["completed_before"], backup=name)
+
+    def _fail(self, phase: str, reason: str, completed: list[str], backup: Optional[str],
+              keep_intent: bool = False) -> Report:
+        new_state = record_failure(self.state, phase, reason, completed)
+        if keep_intent:
+            new_state["in_progress"] = self.ip
+        try:
+            save_state(self.paths, new_state)
+        except OSError as exc:
+            self.log.error("could not record the migration failure in %s: %s",
+                           self.paths.migration_state_file, exc)
+        attempts = new_state["failures"][phase]["attempts"]
+        usable = config_usable(self.paths)
+        if attempts >= MAX_ATTEMPTS:
+            where = f"; the originals are in {self.paths.backups_dir / backup}" if backup else ""
+            next_step = (f"gave up after {attempts} attempts; the agent will not retry it on "
+                         "its own: fix the cause, then run `redflag-agent migrate "
+                         f"--retry-failed` as root{where}")
+        else:
+            next_step = f"attempt {attempts} of {MAX_ATTEMPTS}; it is retried at the next start"
+        then = ("starting with the current config" if usable else
+                f"and there is no usable config in {self.paths.config_file}")
+        message = f"migration phase {phase!r} failed: {reason}; {next_step}; {then}"
+        self.log.error(message)
+        return Report(ok=False, backup=backup, message=message, config_usable=usable,
+                      phases_planned=list(self.plan.phases), failed_phase=phase)

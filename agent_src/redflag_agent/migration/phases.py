@@ -1,0 +1,206 @@
+"""The four phases. Each re-reads the disk it needs (an earlier phase may have changed it),
+writes only atomically, and is safe to run again after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..atomic import atomic_write_bytes, fsync_dir
+from ..config import (
+    ConfigError,
+    needs_schema_upgrade,
+    read_config,
+    save_config,
+    upgrade_to_current,
+    validate,
+)
+from ..owner import chown_to_agent
+from ..paths import Paths
+from ..version import CONFIG_SCHEMA_VERSION
+from .faults import crash_point, write_point
+from .merge import apply_secrets, legacy_moves, merge_legacy, rewrite_tls_paths
+from .model import SECRET_TOKEN_NAMES, SECRET_URL_NAMES, MigrationError
+from .snapshot import in_container, read_secret
+
+
+@dataclass
+class Context:
+    paths: Paths
+    log: logging.Logger
+    environ: Optional[Mapping[str, str]] = None
+
+
+def _read(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return read_config(path)
+    except ConfigError as exc:
+        raise MigrationError(str(exc)) from None
+
+
+def _names(directory: Path) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(os.listdir(directory)))
+    except FileNotFoundError:
+        return ()
+
+
+def _save(ctx: Context, phase: str, cfg: dict[str, Any]) -> None:
+    write_point(ctx.paths, phase, ctx.environ)
+    save_config(ctx.paths, cfg)
+
+
+def _check_identity(ctx: Context, expected: dict[str, Any], what: str) -> None:
+    """Load the written config back and compare the identity with what was meant."""
+    reread = _read(ctx.paths.config_file)
+    if reread is None:
+        raise MigrationError(f"{ctx.paths.config_file} vanished right after {what}")
+    for key in ("agent_id", "refresh_token", "registration_token"):
+        if reread.get(key) != expected.get(key):
+            raise MigrationError(f"{ctx.paths.config_file}: {key} read back after {what} "
+                                 "differs from what was written (disk or filesystem "
+                                 "problem?); the originals are restored from the backup")
+
+
+def _remove_legacy(ctx: Context) -> None:
+    paths = ctx.paths
+    if paths.legacy_state_dir.is_dir():
+        shutil.rmtree(paths.legacy_state_dir)
+        fsync_dir(paths.legacy_state_dir.parent)
+    crash_point(paths, "directory", "removing", ctx.environ)
+    if paths.legacy_config_dir.is_dir():
+        # the legacy config goes last: while it exists the identity is on disk twice
+        for name in _names(paths.legacy_config_dir):
+            p = paths.legacy_config_dir / name
+            if p == paths.legacy_config_file:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            paths.legacy_config_file.unlink()
+        paths.legacy_config_dir.rmdir()
+        fsync_dir(paths.legacy_config_dir.parent)
+
+
+def run_directory(ctx: Context) -> None:
+    paths, log = ctx.paths, ctx.log
+    legacy = _read(paths.legacy_config_file) if paths.legacy_config_dir.is_dir() else None
+    current = _read(paths.config_file)
+    moves = legacy_moves(paths, _names(paths.legacy_config_dir), _names(paths.legacy_state_dir),
+                         legacy)
+    merged, notes = merge_legacy(current, legacy)
+    for note in notes:
+        log.warning(note)
+    if merged is not None:
+        merged = rewrite_tls_paths(merged, paths, moves)
+        if merged != current:
+            _save(ctx, "directory", merged)
+    copied: list[tuple[Path, Path]] = []
+    for src, dst in moves:
+        if src.is_symlink() or not src.is_file():
+            log.warning("%s is not a regular file; left in the migration backup only", src)
+            continue
+        data = src.read_bytes()
+        if dst.is_file() and not dst.is_symlink():
+            if dst.read_bytes() != data:
+                log.warning("%s already exists and differs from %s; keeping the current one "
+                            "(the legacy copy stays in the migration backup)", dst, src)
+                continue
+        else:
+            dst.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            write_point(paths, "directory", ctx.environ)
+            atomic_write_bytes(dst, data, 0o600)
+            chown_to_agent(dst)
+        copied.append((src, dst))
+
+    if merged is not None:
+        _check_identity(ctx, merged, "the directory migration")
+        if legacy and legacy.get("agent_id") and not (current or {}).get("agent_id") and (
+                merged.get("agent_id") != legacy["agent_id"]):
+            raise MigrationError("the migrated config lost the legacy agent_id; nothing removed")
+    for src, dst in copied:
+        if dst.read_bytes() != src.read_bytes():
+            raise MigrationError(f"{dst} differs from {src} after copying; nothing removed")
+    crash_point(paths, "directory", "verified", ctx.environ)
+    _remove_legacy(ctx)
+    log.info("moved the legacy layout into %s and %s (agent_id %s); legacy directories removed",
+             paths.config_dir, paths.state_dir, (merged or {}).get("agent_id") or "none yet")
+
+
+def run_config(ctx: Context) -> None:
+    cfg = _read(ctx.paths.config_file)
+    if cfg is None or not needs_schema_upgrade(cfg):
+        return
+    new = upgrade_to_current(cfg)
+    try:
+        validate(new, ctx.paths.config_file)
+    except ConfigError as exc:
+        raise MigrationError(f"the upgraded config would be invalid: {exc}") from None
+    _save(ctx, "config", new)
+    _check_identity(ctx, new, "the schema upgrade")
+    reread = _read(ctx.paths.config_file) or {}
+    if reread.get("version") != CONFIG_SCHEMA_VERSION:
+        raise MigrationError(f"{ctx.paths.config_file}: version read back is not "
+                             f"{CONFIG_SCHEMA_VERSION!r} after the upgrade")
+    ctx.log.info("config schema upgraded to %s in %s", CONFIG_SCHEMA_VERSION,
+                 ctx.paths.config_file)
+
+
+def run_docker_secrets(ctx: Context) -> None:
+    paths = ctx.paths
+    env = os.environ if ctx.environ is None else ctx.environ
+    if not in_container(paths, env):
+        return
+    token = read_secret(paths.secrets_dir, SECRET_TOKEN_NAMES)
+    url = read_secret(paths.secrets_dir, SECRET_URL_NAMES)
+    cfg = _read(paths.config_file)
+    new = apply_secrets(cfg, token, url)
+    if cfg is None:
+        new = upgrade_to_current(new)
+    if new == cfg:
+        return
+    _save(ctx, "docker_secrets", new)
+    _check_identity(ctx, new, "taking in the container secrets")
+    taken = [k for k in ("server_url", "registration_token")
+             if new.get(k) != (cfg or {}).get(k)]
+    ctx.log.info("took %s from container secrets in %s", " and ".join(taken), paths.secrets_dir)
+
+
+def run_security(ctx: Context) -> None:
+    paths = ctx.paths
+    write_point(paths, "security", ctx.environ)
+    plan: list[tuple[Path, int]] = [(paths.config_dir, 0o750), (paths.state_dir, 0o750),
+                                    (paths.config_file, 0o600), (paths.backups_dir, 0o700)]
+    for name in _names(paths.backups_dir):
+        plan.append((paths.backups_dir / name, 0o700))
+    for name in _names(paths.state_dir):
+        p = paths.state_dir / name
+        if p.is_file() and not p.is_symlink():
+            plan.append((p, 0o600))
+    for p in _names(paths.config_dir):
+        q = paths.config_dir / p
+        if q.is_file() and not q.is_symlink():
+            plan.append((q, 0o600))
+    for path, mode in plan:
+        if path.is_symlink() or not path.exists():
+            continue
+        os.chmod(path, mode)
+        chown_to_agent(path)
+    ctx.log.info("permissions hardened: %s and %s 0750, config 0600, backups 0700",
+                 paths.config_dir, paths.state_dir)
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {
+    "directory": run_directory,
+    "config": run_config,
+    "docker_secrets": run_docker_secrets,
+    "security": run_security,
+}
