@@ -15,7 +15,7 @@ def retry_delay(attempt: int, rand: float, base: float = DEFAULT_BASE,
     A server's Retry-After is honoured as a floor, still capped.
     """
     ceiling = min(cap, base * (2 ** min(attempt, 32)))
-    delay = max(MIN_DELAY, min(ceiling, rand * ceiling))
+    delay = max(min(MIN_DELAY, base), min(ceiling, rand * ceiling))
     if retry_after is not None and retry_after > delay:
         delay = min(cap, retry_after)
     return delay
