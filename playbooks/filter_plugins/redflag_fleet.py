@@ -1,0 +1,74 @@
+"""Filters for the playbooks: the rollout health gate and the fleet status table."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+OK_STATES = ("registered", "unverified", "absent")
+WAITING = "waiting-for-token"
+NO_OUTCOME = "no outcome recorded (the host failed or was unreachable before the role finished)"
+
+TABLE_COLUMNS = (
+    ("host", "HOST"),
+    ("registered", "REGISTERED"),
+    ("agent_id", "AGENT_ID"),
+    ("agent_version", "AGENT"),
+    ("config_version", "CONFIG"),
+    ("migrations", "MIGRATIONS"),
+    ("service", "SERVICE"),
+    ("last_checkin", "LAST CHECK-IN"),
+)
+
+
+def redflag_unhealthy(
+    batch_hosts: Sequence[str], hostvars: Mapping[str, Any], allow_waiting: bool = True
+) -> list[dict[str, str]]:
+    """Hosts of a batch whose redflag_agent_outcome is not healthy, with the reason."""
+    ok = set(OK_STATES) | ({WAITING} if allow_waiting else set())
+    bad = []
+    for host in batch_hosts:
+        outcome = (hostvars.get(host) or {}).get("redflag_agent_outcome")
+        if not isinstance(outcome, Mapping):
+            status, reason = "failed", NO_OUTCOME
+        else:
+            status = str(outcome.get("status", "failed"))
+            reason = str(outcome.get("reason") or "no reason recorded")
+        if status in ok:
+            continue
+        if status == WAITING:
+            reason = "no registration token (redflag_rollout_allow_waiting is false)"
+        bad.append({"host": host, "status": status, "reason": reason,
+                    "text": f"{host}: {status}: {reason}"})
+    return bad
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return " ".join(str(value).split())
+
+
+def redflag_fleet_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """An aligned text table, one line per host, sorted by host name."""
+    header = [title for _key, title in TABLE_COLUMNS]
+    body = [
+        [_cell(row.get(key)) for key, _title in TABLE_COLUMNS]
+        for row in sorted(rows, key=lambda r: str(r.get("host", "")))
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in [header, *body]
+    )
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "redflag_unhealthy": redflag_unhealthy,
+            "redflag_fleet_table": redflag_fleet_table,
+        }
