@@ -60,6 +60,7 @@ class Snapshot:
 @dataclass
 class Plan:
     phases: list[str] = field(default_factory=list)
+    # why each needed phase is needed (also those held back by a blocked one)
     reasons: dict[str, str] = field(default_factory=dict)
     # phases that are needed but were given up after MAX_ATTEMPTS failures
     blocked: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -71,7 +72,7 @@ class Plan:
     @property
     def pending(self) -> list[str]:
         """Every phase still to do, runnable or blocked, in run order."""
-        return [p for p in PHASES if p in self.phases or p in self.blocked]
+        return [p for p in PHASES if p in self.phases or p in self.blocked or p in self.reasons]
 
     def describe(self) -> str:
         lines: list[str] = []
