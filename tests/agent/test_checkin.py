@@ -1,0 +1,123 @@
+"""Check-in: renewal on 401, commands, backoff on outages; in-process against a local server."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from redflag_agent import config as c
+from redflag_agent.checkin import Agent
+from redflag_agent.client import Client, ServerError
+from redflag_agent.registration import TokenRejected
+from redflag_agent.signals import Terminated, Terminator
+from redflag_agent.status import StatusFile, read_state
+
+LOG = logging.getLogger("redflag.test")
+AID = "4b3f0c1e-0000-4000-8000-000000000001"
+CMDS = f"/api/v1/agents/{AID}/commands"
+RENEW = "/api/v1/agents/renew"
+UPDATES = f"/api/v1/agents/{AID}/updates"
+
+
+def make_agent(tmp_root, server, lister=None, term=None, **cfg_extra):
+    cfg = {"version": "6", "server_url": server.url, "agent_id": AID, "token": "OLD-JWT",
+           "refresh_token": "REFRESH-1", "check_in_interval": 300, "machine_id": "m"}
+    cfg.update(cfg_extra)
+    tmp_root.state_dir.mkdir(parents=True)
+    c.save_config(tmp_root, cfg)
+    kwargs = {"lister": lister} if lister else {}
+    return Agent(tmp_root, dict(cfg), Client(server.url), LOG, terminator=term or Terminator(),
+                 status=StatusFile(tmp_root, LOG), backoff_base=0.01, backoff_cap=0.05,
+                 migrated_from="0.1.18", **kwargs)
+
+
+def test_checkin_sends_metrics_and_version(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    agent = make_agent(tmp_root, fake_server)
+    assert agent.check_in_once() == []
+    req = fake_server.seen("GET", CMDS)[0]
+    assert req.headers["Authorization"] == "Bearer OLD-JWT"
+    assert req.body["version"] == "0.2.0"
+    assert req.body["metadata"]["migrated_from"] == "0.1.18"
+    assert {"cpu_percent", "memory_percent", "disk_percent", "uptime"} <= set(req.body)
+    assert read_state(tmp_root)["last_checkin"]
+
+
+def test_401_renews_once_saves_token_and_retries(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (401, {"error": "token expired"}), (200, {"commands": []}))
+    fake_server.on("POST", RENEW, (200, {"token": "NEW-JWT"}))
+    agent = make_agent(tmp_root, fake_server)
+    agent.check_in_once()
+    checkins = fake_server.seen("GET", CMDS)
+    assert [r.headers["Authorization"] for r in checkins] == ["Bearer OLD-JWT", "Bearer NEW-JWT"]
+    renew = fake_server.seen("POST", RENEW)[0]
+    assert renew.body == {"agent_id": AID, "refresh_token": "REFRESH-1"}
+    on_disk = c.read_config(tmp_root.config_file)
+    assert on_disk["token"] == "NEW-JWT" and on_disk["machine_id"] == "m"
+
+
+@pytest.mark.parametrize("answer", [(401, {"error": "invalid or expired refresh token"}),
+                                    (404, {"error": "agent not found"})])
+def test_renewal_refused_is_token_rejected(tmp_root, fake_server, answer):
+    fake_server.on("GET", CMDS, (401, {"error": "expired"}))
+    fake_server.on("POST", RENEW, answer)
+    agent = make_agent(tmp_root, fake_server)
+    before = tmp_root.config_file.read_bytes()
+    with pytest.raises(TokenRejected) as exc:
+        agent.check_in_once()
+    assert "REFRESH-1" not in str(exc.value)
+    assert tmp_root.config_file.read_bytes() == before
+
+
+def test_401_right_after_renewal_is_retryable_not_fatal(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (401, {"error": "nope"}))
+    fake_server.on("POST", RENEW, (200, {"token": "NEW-JWT"}))
+    with pytest.raises(ServerError):
+        make_agent(tmp_root, fake_server).check_in_once()
+    assert len(fake_server.seen("POST", RENEW)) == 1, "renew once, not in a loop"
+
+
+def test_missing_access_token_renews_first(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    fake_server.on("POST", RENEW, (200, {"token": "NEW-JWT"}))
+    agent = make_agent(tmp_root, fake_server, token=None)
+    agent.check_in_once()
+    assert fake_server.seen("GET", CMDS)[0].headers["Authorization"] == "Bearer NEW-JWT"
+
+
+def test_scan_updates_posts_updates_and_skips_unknown(tmp_root, fake_server, caplog):
+    update = {"package_type": "dnf", "package_name": "bash", "current_version": "5.2.25",
+              "available_version": "5.2.26", "severity": "unknown", "repository_source": "u"}
+    fake_server.on("GET", CMDS, (200, {"commands": [
+        {"id": "c1", "type": "scan_updates", "params": {}},
+        {"id": "c2", "type": "frobnicate", "params": {}},
+        {"id": "c3", "type": "reboot", "params": {}}]}))
+    fake_server.on("POST", UPDATES, (200, {"message": "ok"}))
+    agent = make_agent(tmp_root, fake_server, lister=lambda: [update])
+    with caplog.at_level(logging.INFO, logger="redflag.test"):
+        for cmd in agent.check_in_once():
+            agent.handle(cmd)
+    posted = fake_server.seen("POST", UPDATES)[0].body
+    assert posted["command_id"] == "c1" and posted["updates"] == [update]
+    assert "unknown command type 'frobnicate'" in caplog.text
+    assert "c3 (reboot) is not supported" in caplog.text
+
+
+def test_loop_backs_off_through_outage_then_checks_in(tmp_root, fake_server, caplog):
+    term = Terminator()
+
+    def ok_then_stop(_req):
+        term.event.set()  # the sleep after this check-in ends the loop
+        return 200, {"commands": []}
+
+    fake_server.on("GET", CMDS, (500, {"error": "db"}), (429, {"error": "slow down"}),
+                   (503, b"down"), ok_then_stop)
+    agent = make_agent(tmp_root, fake_server, term=term)
+    with caplog.at_level(logging.WARNING, logger="redflag.test"), pytest.raises(Terminated):
+        agent.loop()
+    assert len(fake_server.seen("GET", CMDS)) == 4
+    assert caplog.text.count("check-in failed") == 3
+    assert "retry 3 in" in caplog.text
+    state = read_state(tmp_root)
+    assert state["last_error"] is None and state["last_checkin"]
