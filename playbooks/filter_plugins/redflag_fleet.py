@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 OK_STATES = ("registered", "unverified", "absent")
 WAITING = "waiting-for-token"
@@ -37,13 +38,19 @@ def redflag_unhealthy(
             continue
         if status == WAITING:
             reason = "no registration token (redflag_rollout_allow_waiting is false)"
-        bad.append({"host": host, "status": status, "reason": reason,
-                    "text": f"{host}: {status}: {reason}"})
+        bad.append(
+            {
+                "host": host,
+                "status": status,
+                "reason": reason,
+                "text": f"{host}: {status}: {reason}",
+            }
+        )
     return bad
 
 
 def _cell(value: Any) -> str:
-    if value is None or value == "" or value == []:
+    if value is None or value in ("", []):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -65,8 +65,8 @@ RUNNING = ("active", "activating", "reloading")
 EX_REJECTED = 77
 EX_CONFIG = 78
 
-WAITING_MSG = (
-    "{host}: installed, NOT registered: no registration token; "
+WAITING_REASON = (
+    "installed, NOT registered: no registration token; "
     "set redflag_agent_registration_token (vault) and re-run"
 )
 
@@ -123,7 +123,7 @@ def decide(
                 f"not registered and no token, but systemd restarted the agent {restarts} "
                 "times; the unit must not restart exit 78 (RestartPreventExitStatus)"
             )
-        return "waiting-for-token", "installed, not registered: no registration token"
+        return "waiting-for-token", WAITING_REASON
     if code == EX_CONFIG:
         return "failed", (
             f"the agent stopped with exit 78 (config invalid or not registered): "
@@ -193,7 +193,7 @@ def main() -> None:
         "n_restarts": _int(unit.get("NRestarts")),
     }
     if state == "waiting-for-token":
-        module.warn(WAITING_MSG.format(host=p["host"]))
+        module.warn(f"{p['host']}: {WAITING_REASON}")
     module.exit_json(changed=False, outcome=outcome)
 
 

@@ -1,0 +1,48 @@
+"""Shared helpers for the role's tests: paths and loading the role's Python files."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "roles" / "redflag_agent"
+PLAYBOOKS = REPO / "playbooks"
+
+
+def load_source(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_yaml(path: Path):
+    # Vault-tagged scalars are kept as their ciphertext; the tests never decrypt.
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!vault", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass
+
+
+@pytest.fixture(scope="session")
+def config_module() -> ModuleType:
+    return load_source("redflag_agent_config", ROLE / "library" / "redflag_agent_config.py")
+
+
+@pytest.fixture(scope="session")
+def outcome_module() -> ModuleType:
+    return load_source("redflag_agent_outcome", ROLE / "library" / "redflag_agent_outcome.py")
+
+
+@pytest.fixture(scope="session")
+def fleet_filters() -> ModuleType:
+    return load_source("redflag_fleet", PLAYBOOKS / "filter_plugins" / "redflag_fleet.py")

@@ -1,0 +1,106 @@
+"""redflag_agent_config: payload, argv and the reading of the agent's answer (tables)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SETTINGS = {"server_url": "http://127.0.0.1:8080", "check_in_interval": 300}
+
+
+@pytest.mark.parametrize(
+    ("token", "reregister", "expected"),
+    [
+        ("", False, {"settings": SETTINGS, "reregister": False}),
+        (
+            "tok-1",
+            False,
+            {"settings": SETTINGS, "reregister": False, "registration_token": "tok-1"},
+        ),
+        ("tok-1", True, {"settings": SETTINGS, "reregister": True, "registration_token": "tok-1"}),
+    ],
+)
+def test_payload(config_module, token, reregister, expected):
+    assert json.loads(config_module.build_payload(SETTINGS, token, reregister)) == expected
+
+
+@pytest.mark.parametrize(
+    ("check", "tail"),
+    [(False, ["config", "apply", "--json"]), (True, ["config", "apply", "--json", "--check"])],
+)
+def test_argv_never_carries_the_token(config_module, check, tail):
+    argv = config_module.build_argv("/usr/bin/python3", "/opt/x.pyz", check)
+    assert argv == ["/usr/bin/python3", "-I", "/opt/x.pyz", *tail]
+
+
+ANSWER = {
+    "changed": True,
+    "created": False,
+    "path": "/etc/redflag-agent/config.json",
+    "changed_keys": ["check_in_interval"],
+    "diff": "-a\n+b",
+}
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "expected"),
+    [
+        (
+            0,
+            json.dumps(ANSWER),
+            {
+                "changed": True,
+                "created": False,
+                "path": "/etc/redflag-agent/config.json",
+                "changed_keys": ["check_in_interval"],
+                "agent_diff": "-a\n+b",
+            },
+        ),
+        (
+            0,
+            json.dumps({"changed": False, "created": False, "path": "/p", "changed_keys": []}),
+            {
+                "changed": False,
+                "created": False,
+                "path": "/p",
+                "changed_keys": [],
+                "agent_diff": "",
+            },
+        ),
+        (
+            0,
+            json.dumps({"changed": True, "created": True}),
+            {"changed": True, "created": True, "path": None, "changed_keys": [], "agent_diff": ""},
+        ),
+    ],
+)
+def test_interpret_answers(config_module, rc, stdout, expected):
+    assert config_module.interpret(rc, stdout, "") == expected
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "stderr", "fragment"),
+    [
+        (
+            78,
+            "",
+            "server_url: not a URL",
+            "exited 78: server_url: not a URL; fix the role variables",
+        ),
+        (1, "", "", "exited 1: no output; check that the agent zipapp runs"),
+        (0, "Traceback", "", "printed no JSON"),
+        (0, json.dumps({"changed": "yes"}), "", "without a boolean 'changed'"),
+        (0, json.dumps([1]), "", "without a boolean 'changed'"),
+    ],
+)
+def test_interpret_errors(config_module, rc, stdout, stderr, fragment):
+    with pytest.raises(config_module.ApplyError) as err:
+        config_module.interpret(rc, stdout, stderr)
+    assert fragment in str(err.value)
+
+
+def test_not_installed_in_check_mode_would_create(config_module):
+    result = config_module.not_installed_result("/opt/redflag-agent/current/redflag-agent.pyz")
+    assert result["changed"] is True and result["created"] is True
+    assert "would be created" in result["msg"]
