@@ -65,7 +65,7 @@ def _check_identity(ctx: Context, expected: dict[str, Any], what: str) -> None:
         if reread.get(key) != expected.get(key):
             raise MigrationError(f"{ctx.paths.config_file}: {key} read back after {what} "
                                  "differs from what was written (disk or filesystem "
-                                 "problem?); the originals are restored from the backup")
+                                 "problem?)")
 
 
 def _remove_legacy(ctx: Context) -> None:
