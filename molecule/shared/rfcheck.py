@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,9 +47,10 @@ def token_file_text(name: str = "registration_token") -> str:
 
 
 def run_ok(host, cmd: str) -> str:
-    """Run as root on the host; fail with the command's stderr (commands here print no secrets)."""
-    with host.sudo():
-        result = host.run(cmd)
+    """Run on the host (as root: podman exec); fail with the command's stderr.
+
+    The commands used here print no secrets."""
+    result = host.run(cmd)
     assert result.rc == 0, f"{cmd!r} exited {result.rc}: {result.stderr.strip()}"
     return result.stdout
 
@@ -82,11 +85,10 @@ def legacy_style_backups(host) -> list[str]:
 
 def file_contains(host, path: str, secret: str) -> bool:
     """True when `secret` occurs in the file, without putting it on any command line."""
-    with host.sudo():
-        f = host.file(path)
-        if not f.exists:
-            return False
-        return secret in f.content_string
+    f = host.file(path)
+    if not f.exists:
+        return False
+    return secret in f.content_string
 
 
 def journal_text(host) -> str:
@@ -101,11 +103,10 @@ def checked_in_status(host) -> dict | None:
 
 def assert_file(host, path: str, kind: str, owner: str, mode: int) -> None:
     """Owner and group are both `owner` (the project's layout has no mixed pairs)."""
-    with host.sudo():
-        f = host.file(path)
-        assert f.exists, f"{path} missing"
-        assert getattr(f, "is_" + kind), f"{path} is not a {kind}"
-        got = (f.user, f.group, f.mode)
+    f = host.file(path)
+    assert f.exists, f"{path} missing"
+    assert getattr(f, "is_" + kind), f"{path} is not a {kind}"
+    got = (f.user, f.group, f.mode)
     assert got == (owner, owner, mode), (
         f"{path}: {got[0]}:{got[1]} {oct(got[2])}, want {owner}:{owner} {oct(mode)}"
     )
@@ -139,3 +140,37 @@ def service_restart_and_settle(host, timeout: float = 30.0) -> None:
         return last[:19] >= since
 
     wait_for(settled, timeout, interval=0.5, what="the restarted agent to be active and check in")
+
+
+def run_playbook(playbook: str, extra_vars: dict | None = None, limit: str | None = None):
+    """Run a playbook against the scenario's hosts, the way Molecule runs converge.
+
+    Extra vars travel in a file, not on argv. Returns (rc, output, recap per host).
+    """
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    path = Path(playbook)
+    if not path.is_absolute():
+        path = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / path
+    cmd = ["ansible-playbook", "--inventory", str(inventory), str(path)]
+    if extra_vars:
+        vars_file = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "extra_vars.json"
+        vars_file.write_text(json.dumps(extra_vars))
+        cmd += ["--extra-vars", "@" + str(vars_file)]
+    if limit:
+        cmd += ["--limit", limit]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    output = result.stdout + result.stderr
+    log = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "playbook-runs.log"
+    with open(log, "a") as fh:
+        fh.write(f"==== {' '.join(cmd)} -> {result.returncode}\n{output}\n")
+    return result.returncode, output, parse_recap(output)
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """{'host': {'ok': 3, 'changed': 0, ...}} from the PLAY RECAP lines."""
+    recap: dict[str, dict[str, int]] = {}
+    for match in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", output, re.MULTILINE):
+        counts = dict(kv.split("=") for kv in match.group(2).split())
+        recap[match.group(1)] = {k: int(v) for k, v in counts.items()}
+    return recap

@@ -89,4 +89,5 @@ def test_current_symlink(host):
 def test_server_sees_agent_version(host):
     status = rfcheck.agent_status(host)
     (agent,) = [a for a in rfcheck.server_agents() if a["agent_id"] == status["agent_id"]]
-    assert agent["version"] == status["agent_version"]
+    assert agent["agent_version"] == status["agent_version"]
+    assert agent["migrated_from"] is None
