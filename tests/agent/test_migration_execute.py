@@ -278,6 +278,7 @@ def test_failure_restores_byte_identical_originals(tmp_root, point, caplog):
     assert state["failures"][point]["attempts"] == 1
     assert "in_progress" not in state
     assert migration.summary(tmp_root)["failures"][point]["attempts"] == 1
+    assert migration.migrated_from(tmp_root) is None, "the directory migration was rolled back"
     _no_secret_in(caplog.text + report.message)
 
 

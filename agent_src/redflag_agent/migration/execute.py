@@ -167,6 +167,8 @@ class _Run:
                 RUNNERS[phase](ctx)
                 self._crash(phase, "after")
                 self.state = record_completed(self.state, phase)
+                if phase == "directory" and self.ip.get("migrated_from"):
+                    self.state["migrated_from"] = self.ip["migrated_from"]
                 save_state(self.paths, self.state)
                 done.append(phase)
         except Exception as exc:  # noqa: BLE001 - any failure must roll back, and is reported
@@ -177,8 +179,7 @@ class _Run:
         name = self.ip["backup"]
         final = {k: v for k, v in self.state.items() if k != "in_progress"}
         origin = ""
-        if "directory" in self.plan.phases and self.ip.get("migrated_from"):
-            final["migrated_from"] = self.ip["migrated_from"]
+        if "directory" not in self.ip.get("completed_before", []) and final.get("migrated_from"):
             origin = f" from {final['migrated_from']}"
         save_state(self.paths, final)
         message = f"migrated{origin}: {', '.join(self.plan.phases)} (backup {name})"

@@ -112,6 +112,8 @@ def record_failure(state: dict[str, Any], phase: str, reason: str,
     out["completed_at"] = {p: t for p, t in stamps.items() if p in out["completed"]}
     if not out["completed_at"]:
         out.pop("completed_at")
+    if "directory" not in out["completed"]:
+        out.pop("migrated_from", None)  # that directory migration was rolled back
     previous = out["failures"].get(phase, {})
     out["failures"][phase] = {
         "attempts": int(previous.get("attempts", 0)) + 1,
