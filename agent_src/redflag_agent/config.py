@@ -135,7 +135,9 @@ def parse_config_bytes(data: bytes, path: Optional[PathLike] = None) -> dict[str
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(text.rstrip())
+        stripped = text.rstrip()
+        truncated = (exc.pos >= len(stripped) or exc.msg.startswith("Unterminated string")
+                     or not stripped.endswith(("}", "]")))
         what = "truncated JSON (the file ends early)" if truncated else "invalid JSON"
         raise ConfigError(f"{where}: {what}: {exc.msg} at line {exc.lineno} column {exc.colno}; "
                           f"{_fix_hint(path)}") from None
