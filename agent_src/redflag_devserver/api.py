@@ -64,14 +64,22 @@ class DevServer6(DevServer):
     address_family = socket.AF_INET6
 
 
+class BindError(Exception):
+    """The listen address cannot be bound; str() says which and why."""
+
+
 def make_server(host: str, port: int, store: Store, settings: Settings) -> DevServer:
     cls = DevServer6 if ":" in host else DevServer
-    return cls((host, port), store, settings)
+    try:
+        return cls((host, port), store, settings)
+    except OSError as exc:
+        raise BindError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from exc
 
 
 class Handler(BaseHTTPRequestHandler):
     server: DevServer
     server_version = "redflag-devserver"
+    timeout = 30  # a stalled client must not hold a thread forever
     sys_version = ""
 
     def do_GET(self) -> None:
@@ -139,7 +147,7 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 phrase = ""
             log.warning(
-                "%s malformed request rejected: %s %s", self.client_address[0], args[0], phrase
+                "%s request rejected before routing: %s %s", self.client_address[0], args[0], phrase
             )
         else:
             log.warning(

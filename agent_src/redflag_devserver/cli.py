@@ -10,7 +10,7 @@ import time
 from typing import Any, Optional
 
 from redflag_devserver import render, rules, server
-from redflag_devserver.api import Settings
+from redflag_devserver.api import BindError, Settings
 from redflag_devserver.ratelimit import RateLimiter
 from redflag_devserver.store import AgentNotFound, Store, StoreError, TokenUnknown
 
@@ -190,10 +190,12 @@ def _run(args: argparse.Namespace) -> int:
             return server.serve(
                 host, port, store, settings, port_file=args.port_file, pid_file=args.pid_file
             )
+        except BindError as exc:
+            print(f"redflag-devserver: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         except OSError as exc:
             print(
-                f"redflag-devserver: cannot listen on {host}:{port}: {exc.strerror}",
-                file=sys.stderr,
+                f"redflag-devserver: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr
             )
             return EXIT_FAILED
 

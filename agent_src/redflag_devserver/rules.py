@@ -290,13 +290,19 @@ def validate_command(command_type: Any, params: Any) -> tuple[str, dict[str, Any
     return command_type, params
 
 
-_TOKEN_SEGMENT = re.compile(r"^(/admin/tokens/)[^/]+(/revoke/?)$")
+MASK = "********"
+_LONGEST_PLAIN_SEGMENT = 40  # a UUID (36) passes; tokens (64 hex) and JWTs do not
 
 
 def loggable_path(path: str) -> str:
-    """The request path as it may appear in a log: no query, no token segment."""
+    """The request path as it may appear in a log: no query, no token-like segment."""
     path = path.split("?", 1)[0].split("#", 1)[0]
-    path = _TOKEN_SEGMENT.sub(r"\1********\2", path)
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
+        after_tokens = index == 3 and segments[1:3] == ["admin", "tokens"]
+        if segment and (after_tokens or len(segment) > _LONGEST_PLAIN_SEGMENT):
+            segments[index] = MASK
+    path = "/".join(segments)
     if len(path) > 200:
         path = path[:200] + "..."
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -179,6 +180,20 @@ def test_serve_without_subcommand(tmp_path, db):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_port_in_use_and_unwritable_port_file(tmp_path, db):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = cli("serve", "--listen", f"127.0.0.1:{port}", "--db", str(db))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr
+    missing = tmp_path / "no-such-dir" / "port"
+    result = cli("serve", "--listen", "127.0.0.1:0", "--db", str(db), "--port-file", str(missing))
+    assert result.returncode == 1
+    assert "cannot write" in result.stderr
 
 
 def test_refuses_non_loopback_listen(db):

@@ -222,10 +222,17 @@ def test_validate_command(command_type, params, ok):
     [
         ("/health", "/health"),
         ("/admin/tokens/abcdef0123/revoke", "/admin/tokens/********/revoke"),
+        ("/admin/tokens/abcdef0123", "/admin/tokens/********"),
+        ("/admin/tokens", "/admin/tokens"),
+        (
+            "/api/v1/agents/4edf72fd-1fd6-4400-bc1b-7de223e70641/commands",
+            "/api/v1/agents/4edf72fd-1fd6-4400-bc1b-7de223e70641/commands",
+        ),
+        ("/api/v1/agents/" + "e" * 64 + "/commands", "/api/v1/agents/********/commands"),
         ("/admin/tokens/abcdef0123/revoke/", "/admin/tokens/********/revoke/"),
         ("/api/v1/agents/register?token=secret", "/api/v1/agents/register"),
         ("/x y\n", "/x?y?"),
-        ("/" + "a" * 300, "/" + "a" * 199 + "..."),
+        ("/" + "/".join(["abcdefghij"] * 30), "/" + "/".join(["abcdefghij"] * 30)[:199] + "..."),
     ],
 )
 def test_loggable_path(path, logged):
