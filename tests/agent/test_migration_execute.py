@@ -415,3 +415,74 @@ def test_legacy_config_with_registration_token_only(tmp_root):
     assert report.ok
     cfg = read_json(tmp_root.config_file)
     assert cfg["registration_token"] == REG_TOKEN and cfg.get("agent_id") is None
+
+
+def test_ownership_goes_to_the_agent_user_when_root(tmp_root, monkeypatch):
+    """As root with a redflag-agent user, everything the migration creates is the agent's;
+    without root nothing is chowned (and nothing fails)."""
+    from redflag_agent import owner
+
+    fake = (65534, 65534)
+    monkeypatch.setattr(owner, "agent_ids", lambda: fake)
+    make_legacy(tmp_root)
+    report = migration.execute(tmp_root, LOG)
+    assert report.ok, report.message
+    backup = tmp_root.backups_dir / report.backup
+    created = [tmp_root.config_dir, tmp_root.config_file, tmp_root.state_dir,
+               tmp_root.migration_state_file, tmp_root.state_dir / "agent.key",
+               tmp_root.backups_dir, backup, backup / "manifest.json",
+               backup / "files" / "etc" / "aggregator" / "config.json"]
+    expected = fake if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    for path in created:
+        st = os.lstat(path)
+        assert (st.st_uid, st.st_gid) == expected, path
+
+
+def test_a_finished_but_unclosed_migration_is_not_resumed(tmp_root):
+    """in_progress left behind after every phase completed: the next migration takes a new
+    backup instead of reusing the stale one."""
+    make_current(tmp_root, fresh_config(True, version=5))
+    tmp_root.state_dir.mkdir(parents=True)
+    stale = {"format": 1, "completed": ["security"], "failures": {},
+             "in_progress": {"backup": "20200101T000000Z", "phases": ["security"],
+                             "completed_before": []}}
+    tmp_root.migration_state_file.write_text(json.dumps(stale))
+    report = migration.execute(tmp_root, LOG)
+    assert report.ok and report.backup != "20200101T000000Z"
+    assert report.phases_done == ["config"]
+
+
+def test_pruning_trouble_does_not_fail_the_migration(tmp_root, monkeypatch, caplog):
+    from redflag_agent.migration import executor as execute_mod
+
+    def broken(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(execute_mod, "prune", broken)
+    make_current(tmp_root, fresh_config(True, version=5))
+    caplog.set_level(logging.WARNING)
+    assert migration.execute(tmp_root, LOG).ok
+    assert "could not prune" in caplog.text
+
+
+def test_permission_problem_names_the_fix(tmp_root, monkeypatch):
+    from redflag_agent.migration import executor as execute_mod
+
+    monkeypatch.setattr(execute_mod.os, "geteuid", lambda: 1000)
+    hint = execute_mod._root_hint(PermissionError(13, "Permission denied"))
+    assert "redflag-agent migrate" in hint and "root" in hint
+    assert execute_mod._root_hint(OSError(28, "No space")) == ""
+
+
+def test_cannot_create_the_state_dir_reports_without_raising(tmp_root, monkeypatch):
+    from redflag_agent.migration import executor as execute_mod
+
+    def refuse(_paths):
+        raise PermissionError(13, "Permission denied", str(tmp_root.state_dir))
+
+    monkeypatch.setattr(execute_mod, "_ensure_dirs", refuse)
+    make_legacy(tmp_root)
+    before = tree(tmp_root.root)
+    report = migration.execute(tmp_root, LOG)
+    assert not report.ok and "nothing was changed" in report.message
+    assert tree(tmp_root.root) == before

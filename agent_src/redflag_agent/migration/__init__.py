@@ -11,7 +11,7 @@ from typing import Any, Optional
 from ..paths import Paths
 from .backup import list_backups
 from .decide import decide
-from .execute import execute
+from .executor import execute
 from .model import MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
 from .state import load_state

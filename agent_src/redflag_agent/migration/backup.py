@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from ..owner import chown_to_agent
 from ..paths import Paths
 from .model import MigrationError
 
@@ -164,6 +165,12 @@ def create_backup(paths: Paths, name: str, entries: list[dict[str, Any]],
                 "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "entries": stored}
     atomic_write_json(tmp / MANIFEST, manifest, 0o600)
+    # the agent user must be able to list and prune what a root `migrate` created
+    chown_to_agent(paths.backups_dir)
+    for dirpath, dirnames, filenames in os.walk(tmp):
+        chown_to_agent(dirpath)
+        for n in dirnames + filenames:
+            chown_to_agent(os.path.join(dirpath, n))
     final = paths.backups_dir / name
     os.replace(tmp, final)
     fsync_dir(paths.backups_dir)

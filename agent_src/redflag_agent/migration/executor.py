@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -72,14 +73,29 @@ def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
         log.warning(warning)
     if dry_run or plan.error or not plan.phases:
         return _unchanged_report(paths, plan, dry_run)
-    _ensure_dirs(paths)
-    with config_lock(paths):
-        # another process may have migrated while we waited for the lock
-        snap = read_snapshot(paths, environ)
-        plan = decide(snap, retry_failed)
-        if plan.error or not plan.phases:
-            return _unchanged_report(paths, plan, False)
-        return _Run(paths, log, environ, snap, plan, retention).run()
+    try:
+        _ensure_dirs(paths)
+        with config_lock(paths):
+            # another process may have migrated while we waited for the lock
+            snap = read_snapshot(paths, environ)
+            plan = decide(snap, retry_failed)
+            if plan.error or not plan.phases:
+                return _unchanged_report(paths, plan, False)
+            return _Run(paths, log, environ, snap, plan, retention).run()
+    except OSError as exc:
+        # only reachable before the first change (later errors roll back inside the run)
+        message = (f"cannot start the migration: {_reason(exc)}{_root_hint(exc)}; nothing was "
+                   "changed")
+        log.error(message)
+        return Report(ok=False, message=message, config_usable=config_usable(paths),
+                      phases_planned=list(plan.phases), failed_phase=plan.phases[0])
+
+
+def _root_hint(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError) and os.geteuid() != 0:
+        return (" (the migration needs root: the unit runs `redflag-agent migrate` as root "
+                "before the agent starts; run that by hand)")
+    return ""
 
 
 def _reason(exc: BaseException) -> str:
@@ -109,6 +125,9 @@ class _Run:
             if moved:
                 self.log.warning("unusable migration state set aside as %s", moved)
         ip = state.get("in_progress")
+        if ip and all(p in state["completed"] for p in ip.get("phases", [])):
+            # finished but not closed (the last state write failed): never reuse its backup
+            ip = None
         if ip:
             ip = {**ip, "resumes": int(ip.get("resumes", 0)) + 1}
             self.log.warning("resuming a migration interrupted earlier (backup %s)",
@@ -138,8 +157,14 @@ class _Run:
                                      lambda when: self._crash("backup", when))
             self.log.info("backup taken in %s", self.paths.backups_dir / name)
         self._crash("backup", "after")
-        for old in prune(self.paths, self.retention, {name}):
-            self.log.info("old migration backup %s removed (keeping %d)", old, self.retention)
+        try:
+            for old in prune(self.paths, self.retention, {name}):
+                self.log.info("old migration backup %s removed (keeping %d)", old,
+                              self.retention)
+        except OSError as exc:
+            # retention is housekeeping: it must not fail the migration
+            self.log.warning("could not prune old migration backups in %s: %s",
+                             self.paths.backups_dir, exc)
         return manifest
 
     def run(self) -> Report:
@@ -150,7 +175,8 @@ class _Run:
             manifest = self._backup()
         except (OSError, MigrationError) as exc:
             # nothing was changed yet: no rollback, only the record
-            reason = f"could not take the backup in {self.paths.backups_dir}: {_reason(exc)}"
+            reason = (f"could not take the backup in {self.paths.backups_dir}: "
+                      f"{_reason(exc)}{_root_hint(exc)}")
             return self._fail(first, reason, self.ip["completed_before"], backup=None)
 
         ctx = Context(self.paths, self.log, self.environ)
@@ -181,7 +207,12 @@ class _Run:
         origin = ""
         if "directory" not in self.ip.get("completed_before", []) and final.get("migrated_from"):
             origin = f" from {final['migrated_from']}"
-        save_state(self.paths, final)
+        try:
+            save_state(self.paths, final)
+        except OSError as exc:
+            # every phase is recorded already; only the closing mark is missing
+            self.log.warning("migration done, but closing %s failed: %s",
+                             self.paths.migration_state_file, exc)
         message = f"migrated{origin}: {', '.join(self.plan.phases)} (backup {name})"
         self.log.info(message)
         return Report(ok=True, phases_done=done, backup=name, message=message,
@@ -190,7 +221,7 @@ class _Run:
 
     def _roll_back(self, phase: str, exc: BaseException, manifest: dict[str, Any]) -> Report:
         name = self.ip["backup"]
-        reason = _reason(exc)
+        reason = _reason(exc) + _root_hint(exc)
         self.log.error("migration phase %r failed (%s); restoring from %s", phase, reason,
                        self.paths.backups_dir / name)
         try:
