@@ -596,3 +596,27 @@ def test_admin_queue_validation(running):
         ).status
         == 404
     )
+
+
+def test_every_admin_route_is_gated_on_the_client_address(running, monkeypatch):
+    """Wiring check: with the decision saying 'not loopback', all of /admin answers 403."""
+    agent = _registered(running)
+    token = running.client.mint()
+    monkeypatch.setattr("redflag_devserver.api.rules.is_loopback_address", lambda _host: False)
+    agent_path = f"/admin/agents/{agent['agent_id']}"
+    for method, path, body in (
+        ("GET", "/admin/agents", None),
+        ("GET", "/admin/tokens", None),
+        ("POST", "/admin/tokens", {"seats": 1}),
+        ("POST", f"/admin/tokens/{token}/revoke", None),
+        ("POST", f"{agent_path}/commands", {"type": "scan_updates"}),
+        ("GET", f"{agent_path}/commands", None),
+        ("GET", f"{agent_path}/updates", None),
+    ):
+        reply = running.client.call(method, path, body)
+        assert reply.status == 403, (method, path)
+        assert reply.body == {"error": "the admin API answers loopback clients only"}
+    # Nothing changed behind the refusals, and the agent API is not gated.
+    assert running.client.register(token).status == 200
+    assert running.store.list_commands(agent["agent_id"]) == []
+    assert len(running.store.list_tokens(running.clock())) == 2
