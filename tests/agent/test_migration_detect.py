@@ -213,11 +213,23 @@ def test_upstream_secret_names_are_accepted(tmp_root):
     assert decide(snap).phases == ["docker_secrets", "security"]
 
 
-def test_plan_reads_little(tmp_root):
-    """plan() runs at every start: on a fresh host it reads the config and state, nothing more
-    (no listing of backups or of the state directory)."""
+def test_plan_reads_little(tmp_root, monkeypatch):
+    """plan() runs at every start: on a fresh host it opens the config and the state file and
+    lists no directory at all (not the backups, not the state directory)."""
+    import builtins
+    import os
+
     make_fresh_install(tmp_root, registered=True)
     for i in range(50):
         (tmp_root.state_dir / f"junk{i}").write_text(json.dumps(i))
+    listed, opened = [], []
+    real_listdir, real_open = os.listdir, builtins.open
+    monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(p) or real_listdir(p))
+    monkeypatch.setattr(builtins, "open",
+                        lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
     plan = migration.plan(tmp_root)
+    monkeypatch.undo()
     assert plan.phases == []
+    assert listed == []
+    assert sorted(opened) == sorted([str(tmp_root.config_file),
+                                     str(tmp_root.migration_state_file)])
