@@ -5,6 +5,7 @@ Both run as separate processes on 127.0.0.1 and share nothing but the HTTP contr
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -20,6 +21,13 @@ from .process import AGENT_SRC, ServerProcess, cli, env
 pytestmark = pytest.mark.slow
 
 DEADLINE_S = 45  # generous for a loaded 2-core CI box; a healthy run takes a few seconds
+
+
+def _seconds_until_token_expires(saved: dict) -> float:
+    """Seconds until the saved access token has expired, so unregister must renew first."""
+    payload = saved["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims["exp"] - time.time() + 0.1
 
 
 def _wait_for(what, probe, deadline, diagnostics):
@@ -81,51 +89,70 @@ def test_agent_registers_checks_in_renews_and_reports(tmp_path):
 
     deadline = time.monotonic() + DEADLINE_S
     try:
-        [registered] = _wait_for("the agent registered", admin.agents, deadline, diagnostics)
-        agent_id = registered["agent_id"]
-        queued = admin.call("POST", f"/admin/agents/{agent_id}/commands", {"type": "scan_updates"})
-        assert queued.status == 201
-
-        def renewed_and_checked_in():
-            [info] = admin.agents()
-            return info["renewals"] >= 1 and (info["checkins_since_renewal"] or 0) >= 1
-
-        _wait_for(
-            "the agent renewed its 2 s token and checked in again",
-            renewed_and_checked_in,
-            deadline,
-            diagnostics,
-        )
-        reports = _wait_for(
-            "an update report was stored",
-            lambda: admin.call("GET", f"/admin/agents/{agent_id}/updates").body["reports"],
-            deadline,
-            diagnostics,
-        )
-        assert reports[0]["command_id"] == queued.body["id"]
-        for update in reports[0]["updates"]:
-            assert update["package_type"] in ("apt", "dnf")
-        [command] = admin.call("GET", f"/admin/agents/{agent_id}/commands").body["commands"]
-        assert command["status"] == "completed"
-    finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
         try:
-            code = agent.wait(20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
-            code = "killed after SIGTERM was ignored"
-        server_code = server.stop()
-    assert code == 0, diagnostics()
-    assert server_code == 0
+            [registered] = _wait_for("the agent registered", admin.agents, deadline, diagnostics)
+            agent_id = registered["agent_id"]
+            queued = admin.call(
+                "POST", f"/admin/agents/{agent_id}/commands", {"type": "scan_updates"}
+            )
+            assert queued.status == 201
 
-    [info] = json.loads(cli("agents", "--db", str(db), "--json").stdout)
-    assert info["status"] == "active"
-    assert info["agent_version"]
-    saved = json.loads(config_file.read_text())
-    assert saved["agent_id"] == agent_id
-    assert "registration_token" not in saved
+            def renewed_and_checked_in():
+                [info] = admin.agents()
+                return info["renewals"] >= 1 and (info["checkins_since_renewal"] or 0) >= 1
+
+            _wait_for(
+                "the agent renewed its 2 s token and checked in again",
+                renewed_and_checked_in,
+                deadline,
+                diagnostics,
+            )
+            reports = _wait_for(
+                "an update report was stored",
+                lambda: admin.call("GET", f"/admin/agents/{agent_id}/updates").body["reports"],
+                deadline,
+                diagnostics,
+            )
+            assert reports[0]["command_id"] == queued.body["id"]
+            for update in reports[0]["updates"]:
+                assert update["package_type"] in ("apt", "dnf")
+            [command] = admin.call("GET", f"/admin/agents/{agent_id}/commands").body["commands"]
+            assert command["status"] == "completed"
+        finally:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+            try:
+                code = agent.wait(20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+                code = "killed after SIGTERM was ignored"
+        assert code == 0, diagnostics()
+
+        [info] = admin.agents()
+        assert info["status"] == "active"
+        assert info["agent_version"]
+        saved = json.loads(config_file.read_text())
+        assert saved["agent_id"] == agent_id
+        assert "registration_token" not in saved
+
+        # The agent's unregister (its 2 s token has expired by now: renew, then DELETE).
+        time.sleep(max(0.0, _seconds_until_token_expires(saved)))
+        unregister = subprocess.run(
+            [sys.executable, "-m", "redflag_agent", "unregister", "--json"],
+            capture_output=True,
+            text=True,
+            env=agent_env,
+            timeout=60,
+            check=False,
+        )
+        assert unregister.returncode == 0, unregister.stdout + unregister.stderr
+        [after] = admin.agents()
+        assert after["status"] == "deregistered"
+        assert after["renewals"] == info["renewals"] + 1
+    finally:
+        server_code = server.stop()
+    assert server_code == 0
     # None of the secrets that crossed the wire may show in the server's log.
     log = server.log()
     for secret in (token, saved["refresh_token"], saved["token"]):
