@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import calendar
 import logging
 import os
 import random
 import time
 from typing import Any, Callable, Optional
 
-from . import backoff, scan
+from . import backoff
 from . import config as cfgmod
 from .client import Client, ClientError, NotFound, ServerError, Unauthorized
 from .paths import Paths
@@ -86,12 +85,19 @@ def parse_until(value: Any) -> Optional[float]:
     """RFC 3339 UTC timestamp -> epoch seconds, None when absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
-    text = value.strip().replace("Z", "+00:00")
-    base = text[:19]
+    from datetime import datetime, timezone  # noqa: PLC0415 - rarely needed
+
     try:
-        return float(calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")))
+        parsed = datetime.strptime(value.strip()[:19], "%Y-%m-%dT%H:%M:%S")
     except ValueError:
         return None
+    return parsed.replace(tzinfo=timezone.utc).timestamp()
+
+
+def subprocess_error() -> type[Exception]:
+    import subprocess  # noqa: PLC0415
+
+    return subprocess.SubprocessError
 
 
 class Agent:
@@ -102,7 +108,7 @@ class Agent:
                  migrated_from: Optional[str] = None, rand: Callable[[], float] = random.random,
                  backoff_base: float = backoff.DEFAULT_BASE,
                  backoff_cap: float = backoff.DEFAULT_CAP,
-                 lister: Callable[[], list[dict[str, Any]]] = scan.list_updates) -> None:
+                 lister: Optional[Callable[[], list[dict[str, Any]]]] = None) -> None:
         self.paths = paths
         self.cfg = cfg
         self.client = client
@@ -185,9 +191,11 @@ class Agent:
             self.log.warning("unknown command type %r (id %s); skipped", kind, cid)
 
     def scan_updates(self, command_id: Any) -> None:
+        from . import scan  # noqa: PLC0415 - subprocess is only needed for scans
+
         try:
-            updates = self.lister()
-        except (scan.ScanError, OSError) as exc:
+            updates = (self.lister or scan.list_updates)()
+        except (scan.ScanError, OSError, subprocess_error()) as exc:
             self.log.error("scan_updates %s failed: %s", command_id, exc)
             return
         body = {"command_id": command_id, "timestamp": utc_now(), "updates": updates}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -113,7 +112,7 @@ def _read_token(args: argparse.Namespace, cfg: Optional[dict[str, Any]]) -> Opti
 
 
 def cmd_register(paths: Paths, args: argparse.Namespace) -> int:
-    log = logs.get("register")
+    log = logs.get("registration")
     try:
         cfg = cfgmod.read_config(paths.config_file)
         if cfgmod.is_registered(cfg):
@@ -242,6 +241,8 @@ def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool]:
 
 
 def config_diff(old: Optional[dict[str, Any]], new: dict[str, Any], path: str) -> str:
+    import difflib  # noqa: PLC0415 - only `config apply` needs it
+
     a = cfgmod.serialize(cfgmod.redacted(old)).decode() if old is not None else ""
     b = cfgmod.serialize(cfgmod.redacted(new)).decode()
     return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True),

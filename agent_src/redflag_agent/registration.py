@@ -6,7 +6,6 @@ import contextlib
 import copy
 import logging
 import os
-import platform
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -65,7 +64,7 @@ def is_token_rejection(exc: Exception) -> bool:
 
 
 def host_facts() -> dict[str, str]:
-    uname = platform.uname()
+    uname = os.uname()
     os_version = uname.release
     try:
         with open("/etc/os-release", encoding="utf-8") as fh:
@@ -76,8 +75,8 @@ def host_facts() -> dict[str, str]:
     except OSError:
         pass
     return {
-        "hostname": socket.gethostname() or os.uname().nodename,
-        "os_type": uname.system.lower() or "linux",
+        "hostname": socket.gethostname() or uname.nodename,
+        "os_type": uname.sysname.lower() or "linux",
         "os_version": os_version,
         "os_architecture": uname.machine,
     }

@@ -69,6 +69,7 @@ class Runner:
         self.rand = rand
         self.backoff_base, self.backoff_cap = backoff_settings(paths, environ)
         self.lock = InstanceLock(paths.state_dir)
+        self.reg_log = logs.get("registration")
         self.status: Optional[StatusFile] = None
 
     def _ensure_state_dir_locked(self) -> None:
@@ -154,7 +155,7 @@ class Runner:
         try:
             if decision.action == registration.REGISTER:
                 cfg = self._register_until_done(client, cfg, migrated_from)
-            agent = Agent(self.paths, cfg, client, self.log, terminator=self.term,
+            agent = Agent(self.paths, cfg, client, logs.get("checkin"), terminator=self.term,
                           status=self.status, migrated_from=migrated_from, rand=self.rand,
                           backoff_base=self.backoff_base, backoff_cap=self.backoff_cap)
             self.log.info("agent %s checking in with %s every %s s", agent.agent_id,
@@ -177,14 +178,14 @@ class Runner:
         token = str(cfg["registration_token"])
         while True:
             try:
-                return registration.perform(client, self.paths, token, cfg, self.log,
+                return registration.perform(client, self.paths, token, cfg, self.reg_log,
                                             migrated_from=migrated_from,
                                             shield=self.term.shielded)
             except ClientError as exc:
                 delay = backoff.retry_delay(attempt, self.rand(), self.backoff_base,
                                             self.backoff_cap, getattr(exc, "retry_after", None))
                 attempt += 1
-                self.log.warning("registration failed: %s; retry %d in %.1f s (at %s)", exc,
+                self.reg_log.warning("registration failed: %s; retry %d in %.1f s (at %s)", exc,
                                  attempt, delay,
                                  time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
                 if self.status is not None:

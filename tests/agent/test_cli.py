@@ -88,6 +88,7 @@ def test_twenty_starts_unregistered_without_token_write_nothing(tmp_root, agent_
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1, lines
         assert lines[0].startswith("[ERROR] [runner] not registered and no registration token")
+        assert "Traceback" not in res.stderr
         assert str(tmp_root.config_file) in lines[0]
         assert "redflag_agent_registration_token" in lines[0]
         assert "redflag-agent register" in lines[0]
