@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -124,9 +123,3 @@ def start_server(tmp_path, clock) -> Iterator[Any]:
 @pytest.fixture
 def running(start_server) -> Running:
     return start_server()
-
-
-@pytest.fixture
-def server_log(caplog) -> Any:
-    caplog.set_level(logging.DEBUG, logger="redflag_devserver")
-    return caplog

@@ -106,6 +106,10 @@ def test_full_cycle_restart_and_no_secrets_in_logs(tmp_path, db):
     updates = cli("updates", "--db", str(db), first["agent_id"], "--json")
     [stored] = json.loads(updates.stdout)
     assert stored["updates"][0]["package_name"] == "curl"
+    plain = cli("updates", "--db", str(db), first["agent_id"])
+    assert plain.stdout.splitlines()[1].split()[2:] == ["apt", "curl", "-", "8.0", "-"]
+    [command] = json.loads(cli("commands", "--db", str(db), first["agent_id"], "--json").stdout)
+    assert (command["id"], command["status"]) == (command_id, "completed")
 
     # Restart: agents, the token's seats and the signing secret survive.
     server = ServerProcess(tmp_path, db)
