@@ -63,6 +63,22 @@ molecule: venv image  ## every Molecule scenario on systemd containers
 .PHONY: test
 test: lint unit molecule  ## everything CI runs
 
+.PHONY: demo
+demo: venv image  ## stand-in server + 3-host demo fleet, rolled out by playbooks/site.yml
+	bash demo/demo.sh
+
+.PHONY: demo-clean
+demo-clean:  ## remove every container, image, process and file the demo made
+	bash demo/clean.sh
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $@
+
+.PHONY: bench
+bench: venv image $(BIN)/.bench-installed  ## benchmarks: rollout, re-run, agent start-up, registration storm
+	$(BIN)/python bench/run_all.py
+
 .PHONY: clean
 clean:  ## remove build output (not the venv)
 	rm -rf dist build .pytest_cache .ruff_cache
