@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
+import marshal
 import os
 import re
 import sys
@@ -43,6 +45,18 @@ def package_files(src: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.as_posix())
 
 
+def checked_pyc(name: str, source: bytes) -> bytes:
+    """Bytecode for the building interpreter, validated against the source hash at import.
+
+    zipimport cannot cache bytecode, so without this every start compiles the whole agent.
+    Another Python version sees a different magic number and falls back to the source.
+    """
+    code = compile(source, name, "exec", dont_inherit=True, optimize=0)
+    flags = 0b11  # hash-based, check the source
+    return (importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little")
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
 def _entry(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -51,7 +65,7 @@ def _entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def build_bytes(version: str, src_root: Path = HERE) -> bytes:
+def build_bytes(version: str, src_root: Path = HERE, with_bytecode: bool = True) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         entries: list[tuple[str, bytes]] = [("__main__.py", MAIN.encode())]
@@ -59,6 +73,9 @@ def build_bytes(version: str, src_root: Path = HERE) -> bytes:
             entries.append((rel.as_posix(), (src_root / rel).read_bytes()))
         entries.append((f"{PACKAGE}/{STAMP}",
                         f'AGENT_VERSION = "{version}"\n'.encode()))
+        if with_bytecode:
+            entries += [(name[:-3] + ".pyc", checked_pyc(name, data))
+                        for name, data in list(entries) if name.endswith(".py")]
         for name, data in sorted(entries):
             zf.writestr(_entry(name), data, compress_type=zipfile.ZIP_DEFLATED,
                         compresslevel=9)
@@ -79,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--version", help="agent version to stamp (default: the package's)")
     p.add_argument("--out", default=str(HERE.parent / "dist"), help="output directory")
+    p.add_argument("--no-bytecode", action="store_true",
+                   help="sources only (smaller; every start compiles the agent)")
     args = p.parse_args(argv)
     version = args.version or source_version()
     if not VERSION_RE.match(version):
@@ -87,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = build_bytes(version)
+    data = build_bytes(version, with_bytecode=not args.no_bytecode)
     name = f"redflag-agent-{version}.pyz"
     write_atomic(out / name, data, 0o644)
     digest = hashlib.sha256(data).hexdigest()

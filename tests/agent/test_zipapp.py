@@ -42,8 +42,22 @@ def test_contains_only_the_agent(pyz):
     assert names == sorted(names)
     assert "__main__.py" in names and "redflag_agent/cli.py" in names
     assert "redflag_agent/migration/__init__.py" in names
-    assert all(n == "__main__.py" or n.startswith("redflag_agent/") for n in names)
-    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert all(n in ("__main__.py", "__main__.pyc") or n.startswith("redflag_agent/")
+               for n in names)
+    assert not any("__pycache__" in n for n in names)
+    pycs = [n for n in names if n.endswith(".pyc")]
+    assert pycs and all(n[:-1] in names for n in pycs), "each .pyc sits beside its source"
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_bytecode_used_by_build_python_and_source_fallback_elsewhere(tmp_path, pyz, python):
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import redflag_agent.config as c; "
+            "print(c.__file__)")
+    res = subprocess.run([python, "-I", "-c", code, str(pyz)], cwd=tmp_path, capture_output=True,
+                         text=True, check=False, timeout=30)
+    assert res.returncode == 0, res.stderr
+    same = Path(python).resolve() == Path(sys.executable).resolve()
+    assert res.stdout.strip().endswith(".pyc" if same else ".py")
 
 
 def test_invalid_version_is_refused(tmp_path):
