@@ -108,17 +108,28 @@ class Runner:
             self.lock.acquire()
         from . import migration  # noqa: PLC0415 - keeps `version`/`status` start-up light
 
-        plan = migration.plan(self.paths)
-        if plan.phases:
+        try:
+            plan = migration.plan(self.paths)
+        except Exception as exc:
+            # a bug or unreadable state must not become a restart loop: run on what we have
+            self.log.error("cannot decide whether a migration is needed (%s: %s); starting "
+                           "without migrating", type(exc).__name__, exc)
+            plan = None
+        if plan is not None and plan.phases:
             self._ensure_state_dir_locked()
             self.log.info("migration needed: %s", plan.describe())
-            with self.term.shielded():
-                report = migration.execute(self.paths, self.log)
-            if not report.ok:
-                self.log.error("migration failed: %s", report.message)
-                if not report.config_usable:
+            try:
+                with self.term.shielded():
+                    report = migration.execute(self.paths, self.log.getChild("migration"))
+            except Exception as exc:
+                self.log.exception("migration crashed: %s: %s", type(exc).__name__, exc)
+                report = None
+            if report is None or not report.ok:
+                if report is not None:
+                    self.log.error("migration failed: %s", report.message)
+                if report is not None and not report.config_usable:
                     return EX_CONFIG
-                self.log.warning("the current config is usable; starting anyway")
+                self.log.warning("starting with the current config if it is usable")
         try:
             cfg = cfgmod.read_config(self.paths.config_file)
         except cfgmod.ConfigError as exc:

@@ -1,0 +1,65 @@
+"""Runner edge cases in-process: a broken migration step must not become a restart loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from redflag_agent import migration
+from redflag_agent.runner import EX_CONFIG, EX_NOPERM, Runner
+from redflag_agent.signals import Terminator
+
+LOG = logging.getLogger("redflag.test")
+
+
+def write_cfg(paths, cfg):
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_file.write_text(json.dumps(cfg))
+
+
+def test_plan_crash_is_logged_and_run_continues(tmp_root, monkeypatch, caplog):
+    write_cfg(tmp_root, {"version": "6", "server_url": "http://127.0.0.1:9"})
+
+    def boom(_paths):
+        raise RuntimeError("state unreadable")
+
+    monkeypatch.setattr(migration, "plan", boom)
+    with caplog.at_level(logging.INFO):
+        code = Runner(tmp_root, LOG, Terminator()).run()
+    assert code == EX_CONFIG  # the normal "no token" answer, not a crash
+    assert "cannot decide whether a migration is needed (RuntimeError: state unreadable)" \
+        in caplog.text
+
+
+def test_execute_crash_still_reaches_registration(tmp_root, monkeypatch, caplog, fake_server):
+    fake_server.on("POST", "/api/v1/agents/register", (401, {"error": "invalid token"}))
+    write_cfg(tmp_root, {"version": "6", "server_url": fake_server.url,
+                         "registration_token": "T"})
+
+    class FakePlan:
+        phases = ["config"]
+
+        @staticmethod
+        def describe():
+            return "config"
+
+    def boom(*_a, **_k):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(migration, "plan", lambda _p: FakePlan)
+    monkeypatch.setattr(migration, "execute", boom)
+    with caplog.at_level(logging.INFO):
+        code = Runner(tmp_root, LOG, Terminator()).run()
+    assert code == EX_NOPERM
+    assert "migration crashed: OSError: disk on fire" in caplog.text
+
+
+@pytest.mark.parametrize("url", ["", "ftp://x", "not a url"])
+def test_bad_server_url_exits_78(tmp_root, url, caplog):
+    write_cfg(tmp_root, {"version": "6", "server_url": url, "registration_token": "T"})
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert "server_url" in caplog.text
