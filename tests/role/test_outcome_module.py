@@ -38,6 +38,7 @@ def unit(active, sub="", code=0, restarts=0, result="success"):
             "rejected",
             "invalid or expired",
         ),
+        (UNREG, unit("failed", "failed", 77), True, "rejected", "mint a new registration token"),
         (
             UNREG,
             unit("failed", "failed", 78, 0, "exit-code"),

@@ -112,10 +112,10 @@ def decide(
         return "pending", why
     # The service is stopped (failed or inactive) and systemd will not restart it.
     if code == EX_REJECTED:
-        return "rejected", (
-            f"the server rejected the token (exit 77): {last_error or 'no detail recorded'}; "
-            "mint a new registration token, set redflag_agent_registration_token and re-run "
-            "(add redflag_agent_force_reregister=true if the host was registered)"
+        return "rejected", "the server rejected the token (exit 77): " + (
+            last_error
+            or "mint a new registration token, set redflag_agent_registration_token and "
+            "re-run (add redflag_agent_force_reregister=true if the host was registered)"
         )
     if not registered and not token_embedded and code in (EX_CONFIG, 0):
         if restarts > 0:
