@@ -49,6 +49,16 @@ def redflag_unhealthy(
     return bad
 
 
+def redflag_systemd_props(text: str) -> dict[str, str]:
+    """`systemctl show -p A -p B` output (Key=Value lines) as a dict."""
+    props = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+    return props
+
+
 def _cell(value: Any) -> str:
     if value is None or value in ("", []):
         return "-"
@@ -78,4 +88,5 @@ class FilterModule:
         return {
             "redflag_unhealthy": redflag_unhealthy,
             "redflag_fleet_table": redflag_fleet_table,
+            "redflag_systemd_props": redflag_systemd_props,
         }

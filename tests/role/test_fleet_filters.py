@@ -63,3 +63,16 @@ def test_table_is_aligned_and_sorted(fleet_filters):
     col = lines[0].index("AGENT_ID")
     assert lines[1][col:].startswith("4f1c") and lines[2][col:].startswith("-")
     assert "directory,config" in lines[1] and "failed (exit 78)" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ActiveState=active\nSubState=running\n", {"ActiveState": "active", "SubState": "running"}),
+        ("ExecMainStatus=78\nnoise\n", {"ExecMainStatus": "78"}),
+        ("", {}),
+        ("Description=a=b", {"Description": "a=b"}),
+    ],
+)
+def test_systemd_props(fleet_filters, text, expected):
+    assert fleet_filters.redflag_systemd_props(text) == expected
