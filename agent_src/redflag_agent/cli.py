@@ -6,16 +6,18 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import config as cfgmod
-from . import logs, registration
-from .client import ClientError, NotFound, Unauthorized
-from .lock import InstanceLock, LockHeld
+from . import logs
+from .exits import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .paths import Paths
-from .runner import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, Runner, make_client
-from .signals import Terminator
-from .version import AGENT_VERSION
+
+if TYPE_CHECKING:
+    from .migration import Plan
+
+# Each command imports what it needs: `migrate` and `status` run at every unit start (or
+# from the role) and must not pay for the HTTP client, ssl and the check-in loop.
 
 TOKEN_ENV = "REDFLAG_REGISTRATION_TOKEN"  # noqa: S105 - the variable name, not a token
 
@@ -26,6 +28,9 @@ def _print_json(obj: Any) -> None:
 
 # --- run ---------------------------------------------------------------------------------
 def cmd_run(paths: Paths, _args: argparse.Namespace) -> int:
+    from .runner import Runner  # noqa: PLC0415
+    from .signals import Terminator  # noqa: PLC0415
+
     term = Terminator()
     term.install()
     return Runner(paths, logs.get("runner"), term).run()
@@ -34,9 +39,10 @@ def cmd_run(paths: Paths, _args: argparse.Namespace) -> int:
 # --- migrate -----------------------------------------------------------------------------
 def cmd_migrate(paths: Paths, args: argparse.Namespace) -> int:
     from . import migration  # noqa: PLC0415 - only this command and `run` need it
+    from .lock import InstanceLock, LockHeld  # noqa: PLC0415
 
     log = logs.get("migration")
-    plan = migration.plan(paths)
+    plan = migration.plan(paths, retry_failed=args.retry_failed)
     if args.dry_run:
         if args.json:
             _print_json({"phases": list(plan.phases), "description": plan.describe()})
@@ -44,16 +50,12 @@ def cmd_migrate(paths: Paths, args: argparse.Namespace) -> int:
             print(plan.describe())
         return EX_OK
     if not plan.phases:
-        usable = _config_usable(paths)
-        result = {"ok": True, "phases_done": [], "backup": None,
-                  "message": "nothing to migrate", "config_usable": usable}
-        _print_json(result) if args.json else print("nothing to migrate")
-        return EX_OK
+        return _report_unchanged(paths, plan, args, log)
     lock = InstanceLock(paths.state_dir)
     try:
         if paths.state_dir.is_dir():
             lock.acquire()
-        report = migration.execute(paths, log)
+        report = migration.execute(paths, log, retry_failed=args.retry_failed)
     except LockHeld as exc:
         log.error("%s", exc)
         return EX_TEMPFAIL
@@ -66,6 +68,30 @@ def cmd_migrate(paths: Paths, args: argparse.Namespace) -> int:
     if report.ok or report.config_usable:
         return EX_OK
     return EX_CONFIG
+
+
+def unchanged_exit(plan: Plan, config_usable: bool) -> tuple[bool, int]:
+    """(ok, exit code) when nothing is migrated: a blocked or impossible migration is not ok,
+    but only an unusable config stops the agent (78); otherwise it runs on what it has."""
+    ok = not (plan.error or plan.blocked)
+    return ok, EX_OK if ok or config_usable else EX_CONFIG
+
+
+def _report_unchanged(paths: Paths, plan: Plan, args: argparse.Namespace, log: Any) -> int:
+    usable = _config_usable(paths)
+    ok, code = unchanged_exit(plan, usable)
+    message = plan.describe()
+    if not ok:
+        log.error("%s", message)
+    if args.json:
+        from .migration import Report  # noqa: PLC0415
+
+        failed = next(iter(plan.blocked), None)
+        _print_json(Report(ok=ok, message=message, config_usable=usable,
+                           failed_phase=failed).to_dict())
+    elif ok:
+        print(message)
+    return code
 
 
 def _config_usable(paths: Paths) -> bool:
@@ -112,13 +138,63 @@ def _read_token(args: argparse.Namespace, cfg: Optional[dict[str, Any]]) -> Opti
 
 
 def cmd_register(paths: Paths, args: argparse.Namespace) -> int:
+    from .lock import LockHeld  # noqa: PLC0415
+
     log = logs.get("registration")
     try:
         cfg = cfgmod.read_config(paths.config_file)
         if cfgmod.is_registered(cfg):
-            print(f"already registered as agent {cfg['agent_id']}; nothing to do "  # type: ignore[index]
-                  "(to enroll again: `redflag-agent unregister` first)")
-            return EX_OK
+            return _already_registered(cfg)  # type: ignore[arg-type]
+        # `run` may be registering right now: never enroll this host twice
+        lock = _lock_for_register(paths)
+    except cfgmod.ConfigError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    except LockHeld:
+        log.error("the agent service is running on this host (it holds the lock on %s) and "
+                  "registers by itself with the token in %s; `redflag-agent register` would "
+                  "enroll the host twice. Stop it first (`systemctl stop redflag-agent`), or "
+                  "let it register", paths.state_dir, paths.config_file)
+        return EX_TEMPFAIL
+    except OSError as exc:
+        log.error("cannot create or lock the state directory %s: %s", paths.state_dir,
+                  exc.strerror or exc)
+        return EX_CONFIG
+    try:
+        return _register_locked(paths, args, log)
+    finally:
+        lock.release()
+
+
+def _already_registered(cfg: dict[str, Any]) -> int:
+    print(f"already registered as agent {cfg['agent_id']}; nothing to do "
+          "(to enroll again: `redflag-agent unregister` first)")
+    return EX_OK
+
+
+def _lock_for_register(paths: Paths) -> Any:
+    from .lock import InstanceLock  # noqa: PLC0415
+    from .owner import chown_to_agent  # noqa: PLC0415
+
+    if not paths.state_dir.is_dir():
+        # registering is real work: the state dir is created as `run` would
+        paths.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        chown_to_agent(paths.state_dir)
+    lock = InstanceLock(paths.state_dir)
+    lock.acquire()
+    return lock
+
+
+def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
+    from . import registration  # noqa: PLC0415
+    from .client import ClientError  # noqa: PLC0415
+    from .runner import make_client  # noqa: PLC0415
+
+    try:
+        # re-read under the lock: an instance that just stopped may have registered
+        cfg = cfgmod.read_config(paths.config_file)
+        if cfgmod.is_registered(cfg):
+            return _already_registered(cfg)  # type: ignore[arg-type]
         if args.server:
             with cfgmod.config_lock(paths):
                 cfg = cfgmod.read_config(paths.config_file)
@@ -164,7 +240,11 @@ def _migrated_from(paths: Paths) -> Optional[str]:
 
 # --- unregister --------------------------------------------------------------------------
 def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
+    from . import registration  # noqa: PLC0415
     from .checkin import Agent  # noqa: PLC0415
+    from .client import ClientError, NotFound, Unauthorized  # noqa: PLC0415
+    from .runner import make_client  # noqa: PLC0415
+    from .signals import Terminator  # noqa: PLC0415
     from .status import StatusFile  # noqa: PLC0415
 
     log = logs.get("unregister")
@@ -282,6 +362,8 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_version(_paths: Paths, _args: argparse.Namespace) -> int:
+    from .version import AGENT_VERSION  # noqa: PLC0415
+
     print(AGENT_VERSION)
     return EX_OK
 
@@ -296,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="migrate a legacy install (or print the plan)")
     m.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--retry-failed", action="store_true",
+                   help="also run phases given up after repeated failures (fix the cause first)")
     m.set_defaults(func=cmd_migrate)
     s = sub.add_parser("status", help="registration, migrations, last check-in; no tokens")
     s.add_argument("--json", action="store_true")

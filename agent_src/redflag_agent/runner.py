@@ -16,17 +16,15 @@ from . import backoff, logs, registration
 from . import config as cfgmod
 from .checkin import Agent
 from .client import Client, ClientError
+from .exits import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .lock import InstanceLock, LockHeld
 from .owner import chown_to_agent
 from .paths import Paths
 from .signals import Terminated, Terminator
 from .status import StatusFile, utc_now
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
-EX_CONFIG = 78
+__all__ = ["EX_CONFIG", "EX_NOPERM", "EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Runner",
+           "backoff_settings", "make_client"]
 
 
 def backoff_settings(paths: Paths, environ: Optional[dict[str, str]] = None) -> tuple[float, float]:
@@ -115,6 +113,9 @@ class Runner:
             self.log.error("cannot decide whether a migration is needed (%s: %s); starting "
                            "without migrating", type(exc).__name__, exc)
             plan = None
+        if plan is not None and (plan.error or plan.blocked):
+            # the agent still starts on what it has; the operator must hear why nothing migrates
+            self.log.error("%s", plan.describe())
         if plan is not None and plan.phases:
             self._ensure_state_dir_locked()
             self.log.info("migration needed: %s", plan.describe())

@@ -39,17 +39,12 @@ def test_execute_crash_still_reaches_registration(tmp_root, monkeypatch, caplog,
     write_cfg(tmp_root, {"version": "6", "server_url": fake_server.url,
                          "registration_token": "T"})
 
-    class FakePlan:
-        phases = ["config"]
-
-        @staticmethod
-        def describe():
-            return "config"
+    fake_plan = migration.Plan(phases=["config"], reasons={"config": "schema 5 -> 6"})
 
     def boom(*_a, **_k):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(migration, "plan", lambda _p: FakePlan)
+    monkeypatch.setattr(migration, "plan", lambda _p: fake_plan)
     monkeypatch.setattr(migration, "execute", boom)
     with caplog.at_level(logging.INFO):
         code = Runner(tmp_root, LOG, Terminator()).run()
@@ -63,3 +58,22 @@ def test_bad_server_url_exits_78(tmp_root, url, caplog):
     with caplog.at_level(logging.INFO):
         assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
     assert "server_url" in caplog.text
+
+
+@pytest.mark.parametrize(("plan", "fragment"), [
+    (migration.Plan(blocked={"config": {"attempts": 3, "reason": "disk full"}},
+                    reasons={"config": "schema 5 -> 6"}),
+     "migration phase 'config' failed 3 times (last: disk full)"),
+    (migration.Plan(error="the legacy config cannot be migrated: truncated"),
+     "cannot migrate: the legacy config cannot be migrated: truncated"),
+])
+def test_blocked_or_impossible_migration_is_logged_once(tmp_root, monkeypatch, caplog, plan,
+                                                        fragment):
+    write_cfg(tmp_root, {"version": "6", "server_url": "http://127.0.0.1:9"})
+    monkeypatch.setattr(migration, "plan", lambda _p: plan)
+    with caplog.at_level(logging.INFO):
+        code = Runner(tmp_root, LOG, Terminator()).run()
+    assert code == EX_CONFIG  # then the usual "no token" answer: the agent is not stuck on it
+    assert caplog.text.count(fragment) == 1
+    if plan.blocked:
+        assert "redflag-agent migrate --retry-failed" in caplog.text

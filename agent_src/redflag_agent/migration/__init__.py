@@ -2,16 +2,18 @@
 
 plan() and summary() only read. execute() writes only when plan() has phases: then it takes
 exactly one backup, records each completed phase, and rolls back on failure.
+
+The executor and backup modules (shutil, hashlib, datetime, ...) are imported only when a
+migration really runs: most starts only plan, and start-up time is paid on every start.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from ..paths import Paths
-from .backup import list_backups
 from .decide import decide
-from .executor import execute
 from .model import MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
 from .state import load_state
@@ -20,12 +22,21 @@ __all__ = ["MAX_ATTEMPTS", "PHASES", "MigrationError", "Plan", "Report", "execut
            "migrated_from", "plan", "summary"]
 
 
-def plan(paths: Paths) -> Plan:
-    return decide(read_snapshot(paths))
+def plan(paths: Paths, retry_failed: bool = False) -> Plan:
+    return decide(read_snapshot(paths), retry_failed)
+
+
+def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, **kwargs: Any) -> Report:
+    """See executor.execute (retry_failed, retention, environ)."""
+    from .executor import execute as _execute  # noqa: PLC0415 - deferred, see module doc
+
+    return _execute(paths, log, dry_run, **kwargs)
 
 
 def summary(paths: Paths) -> dict[str, Any]:
     """For `status`: completed, pending, failures, backups (and a decision error, if any)."""
+    from .backup import list_backups  # noqa: PLC0415 - deferred, see module doc
+
     snap = read_snapshot(paths)
     p = decide(snap)
     failures = {phase: {"attempts": info["attempts"], "reason": info.get("reason", "")}

@@ -9,7 +9,7 @@ import contextlib
 import copy
 import json
 import os
-from datetime import datetime, timezone
+import time
 from typing import Any, Optional
 
 from ..atomic import atomic_write_json
@@ -25,7 +25,7 @@ def empty_state() -> dict[str, Any]:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def normalize(raw: Any) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def load_state(paths: Paths) -> tuple[dict[str, Any], Optional[str]]:
 
 def set_aside_corrupt(paths: Paths) -> Optional[str]:
     """Move an unusable state file out of the way (kept, never overwritten). Returns new name."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = paths.migration_state_file.with_name(
         f"{paths.migration_state_file.name}.corrupt-{stamp}")
     with contextlib.suppress(FileNotFoundError):
