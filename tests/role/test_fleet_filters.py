@@ -68,7 +68,10 @@ def test_table_is_aligned_and_sorted(fleet_filters):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("ActiveState=active\nSubState=running\n", {"ActiveState": "active", "SubState": "running"}),
+        (
+            "ActiveState=active\nSubState=running\n",
+            {"ActiveState": "active", "SubState": "running"},
+        ),  # noqa: E501
         ("ExecMainStatus=78\nnoise\n", {"ExecMainStatus": "78"}),
         ("", {}),
         ("Description=a=b", {"Description": "a=b"}),
