@@ -160,22 +160,15 @@ printf '%s\n' "$fingerprint" >"$DEMO_DIR/rolled-out"
 
 # -- status: the agents' own view, then the server's --------------------------------------
 say "fleet status (playbooks/status.yml)"
-ANSIBLE_FORCE_COLOR=0 ansible-playbook -i "$INVENTORY" "$REPO/playbooks/status.yml" \
+ANSIBLE_FORCE_COLOR=0 ANSIBLE_CALLBACK_RESULT_FORMAT=yaml \
+    ansible-playbook -i "$INVENTORY" "$REPO/playbooks/status.yml" \
     >"$LOGS/status-$run_no.log" 2>&1 || {
     tail -n 25 "$LOGS/status-$run_no.log" >&2
     die "status.yml failed (log: .demo/logs/status-$run_no.log)" "read the failed task above"
 }
-# The table is the debug message of the last task; print it without Ansible's framing.
-"$PY" - "$LOGS/status-$run_no.log" <<'EOF'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
-block = text.split("TASK [Print the fleet table]", 1)[-1]
-m = re.search(r"msg: \|-?\n((?:[ ]{4}.*\n?)+)", block)
-if not m:
-    sys.exit("!! the fleet table was not found in the status.yml output")
-for line in m.group(1).splitlines():
-    print("  " + line[4:])
-EOF
+"$PY" "$REPO/demo/fleet.py" table "$LOGS/status-$run_no.log" \
+    || die "status.yml printed no fleet table (log: .demo/logs/status-$run_no.log)" \
+    "read the log; the last task of playbooks/status.yml prints the table"
 
 say "the server's view (python3 -m redflag_devserver agents)"
 PYTHONPATH="$REPO/agent_src" "$PY" -m redflag_devserver agents --db "$SERVER_DB" | sed 's/^/  /'

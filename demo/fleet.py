@@ -2,6 +2,8 @@
 
     fleet.py inventory --out F --server-url URL --token-file F --host NAME[:token] ...
     fleet.py recap LOG                      -> JSON {host: {ok, changed, ...}}
+    fleet.py rerun LOG HOST...              -> "second run: no changes" or who changed
+    fleet.py table LOG                      -> the table printed by playbooks/status.yml
     fleet.py summary --facts F              -> plain summary; exit 1 when the fleet is not
                                                what the demo promises
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +115,28 @@ def rerun_verdict(
     return True, "second run: no changes"
 
 
+def fleet_table(text: str, task: str = "Print the fleet table") -> Optional[str]:
+    """The multi-line debug message of `task` in a log written with the yaml result format."""
+    lines = ANSI.sub("", text).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"TASK [{task}]")]
+    if not starts:
+        return None
+    body = lines[starts[-1] + 1 :]
+    for i, line in enumerate(body):
+        if line.strip() in ("msg: |-", "msg: |"):
+            indent = len(line) - len(line.lstrip()) + 1
+            block = []
+            for follow in body[i + 1 :]:
+                if follow.strip() and len(follow) - len(follow.lstrip()) < indent:
+                    break
+                block.append(follow)
+            table = textwrap.dedent("\n".join(block)).strip("\n")
+            return table or None
+        if line.startswith(("TASK [", "PLAY RECAP")):
+            break
+    return None
+
+
 # -- fleet verdict -----------------------------------------------------------------------
 
 
@@ -161,6 +186,9 @@ def judge_host(
         if status.get("identity_source") == "legacy":
             return verdict("problem", "registered only in the legacy config: migration pending",
                            False)
+        if legacy_agent_id and agent_id != legacy_agent_id:
+            return verdict("problem", f"re-registered as {agent_id}: lost its "
+                           f"{LEGACY_VERSION} identity {legacy_agent_id}", False)
         row = _server_row(agents, agent_id)
         if row is None or row.get("status") != "active":
             return verdict("problem", f"agent {agent_id} is not an active agent on the server",
@@ -169,9 +197,6 @@ def judge_host(
             return verdict("problem", f"registered as {agent_id} but the service is {service}",
                            False)
         if legacy_agent_id:
-            if agent_id != legacy_agent_id:
-                return verdict("problem", f"re-registered as {agent_id}: lost its "
-                               f"{LEGACY_VERSION} identity {legacy_agent_id}", False)
             migrated_from = row.get("migrated_from")
             if not migrated_from:
                 return verdict("problem", f"kept identity {agent_id}, but the server has not "
@@ -255,6 +280,15 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    table = fleet_table(Path(args.log).read_text(errors="replace"))
+    if table is None:
+        print(f"fleet: no fleet table in {args.log}", file=sys.stderr)
+        return 1
+    print(textwrap.indent(table, "  "))
+    return 0
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
     """Facts dir layout (written by demo.sh): <host>.status.json, <host>.unit,
     <host>.token (present when the inventory gives it a token), agents.json,
@@ -300,6 +334,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("log")
     p.add_argument("hosts", nargs="+")
     p.set_defaults(func=_cmd_rerun)
+    p = sub.add_parser("table")
+    p.add_argument("log")
+    p.set_defaults(func=_cmd_table)
     p = sub.add_parser("summary")
     p.add_argument("--facts", required=True)
     p.add_argument("hosts", nargs="+")
