@@ -1,0 +1,167 @@
+"""Render results.json as RESULTS.md (pure text) and rollout.png (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FIRST_TARGET = 2.0
+RERUN_TARGET = 1.5
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**NO**"
+
+
+def _miss(value: float, target: float) -> str:
+    if value <= target:
+        return "met"
+    return f"missed by {value / target:.1f}x ({value:.2f}x vs {target}x)"
+
+
+def rollout_md(sec: dict) -> list[str]:
+    out = [
+        "## Rollout: playbooks/site.yml (the role) vs bench/baseline.yml",
+        "",
+        f"Measured {sec['at']}, load average at start {sec['load']}. Fresh containers per N; "
+        f"site.yml with `redflag_rollout_serial={sec['serial']}` (all hosts in one batch, as "
+        "the baseline); both playbooks use the repository's ansible.cfg (forks 50) over the "
+        "podman connection. Wall time of `ansible-playbook`, seconds.",
+        "",
+        "| N | boot | baseline first | role first | ratio (<= 2.0) | baseline re-run | "
+        "role re-run | ratio (<= 1.5) | re-run changed | tasks/host role : baseline "
+        "| registered |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sec["rows"]:
+        out.append(
+            f"| {r['n']} | {r['boot_s']} | {r['baseline_first_s']} | {r['role_first_s']} | "
+            f"{r['first_ratio']} {_yes(r['first_ratio'] <= FIRST_TARGET)} | "
+            f"{r['baseline_rerun_s']} | {r['role_rerun_s']} | "
+            f"{r['rerun_ratio']} {_yes(r['rerun_ratio'] <= RERUN_TARGET)} | "
+            f"{r['role_rerun_changed']} {_yes(r['role_rerun_changed'] == 0)} | "
+            f"{r['role_tasks_per_host']} : {r['baseline_tasks_per_host']} | "
+            f"{r['registered']}/{r['n']} {_yes(r['registered_ok'])} |")
+    if sec["rows"]:
+        worst_first = max(r["first_ratio"] for r in sec["rows"])
+        worst_rerun = max(r["rerun_ratio"] for r in sec["rows"])
+        out += ["",
+                f"Worst first-converge ratio {worst_first}x: target "
+                f"{_miss(worst_first, FIRST_TARGET)}. Worst re-run ratio {worst_rerun}x: "
+                f"target {_miss(worst_rerun, RERUN_TARGET)}.",
+                "", "![rollout time against N](rollout.png)"]
+    return out
+
+
+def agent_md(sec: dict) -> list[str]:
+    out = [
+        "## Agent (bench/agent_bench.py plus CPU over 10 check-ins)",
+        "",
+        f"Measured {sec['at']}, load average at start {sec['load']}; {sec['python']}, the "
+        f"built zipapp; medians of {sec['runs']} runs (CPU: {sec['cpu_runs']} runs, "
+        "check_in_interval 1 s against the stand-in server; /proc/PID/stat utime+stime, "
+        "10 ms clock ticks).",
+        "",
+        "| measure | median | target | ok |",
+        "|---|---:|---:|---|",
+    ]
+    for r in sec["rows"]:
+        out.append(f"| {r['measure']} | {r['median']:.1f} | <= {r['target']:g} | "
+                   f"{_yes(r['ok'])} |")
+    out += [
+        f"| CPU from start to first check-in, incl. registration (ms) | "
+        f"{sec['cpu_to_first_checkin_ms']} | none set | - |",
+        f"| CPU over the next 10 check-ins (ms; {sec['span_s']} s wall) | "
+        f"{sec['cpu_10_checkins_ms']} | none set | - |",
+        f"| CPU per check-in (ms) | {sec['cpu_per_checkin_ms']} | none set | - |",
+    ]
+    return out
+
+
+def storm_md(sec: dict) -> list[str]:
+    out = [
+        "## Registration storm (stand-in server, threads in one client process)",
+        "",
+        f"Measured {sec['at']}, load average at start {sec['load']}. One token with "
+        "as many seats as agents; the extra agents with the same token start in the same storm "
+        "and must all be refused (400). Retries on 429/5xx/connection errors use the agent's "
+        "backoff (redflag_agent.backoff). Requests per second are counted client-side in "
+        "1-s buckets; the stand-in server runs without a rate limit (its default).",
+        "",
+        "| start | agents + extra | requests | peak req/s | peak answers/s | all registered "
+        "(s) | latency p50 / p95 (s) | retries | server agents | unique hostnames | "
+        "duplicates | extra refused | ok |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in sec["runs"]:
+        start = "together" if r["spread_s"] == 0 else f"jitter 0-{r['spread_s']:g} s"
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(r["retries"].items())) or "none"
+        out.append(
+            f"| {start} | {r['agents']} + {r['extra']} | {r['requests']} | {r['peak_rps']} | "
+            f"{r['peak_answered_ps']} | {r['time_all_registered_s']} | "
+            f"{r['latency_p50_s']} / {r['latency_p95_s']} | {retries} | "
+            f"{r['server_agents']} | {r['unique_hostnames']} | {r['duplicates']} | "
+            f"{r['rejected_with_400']}/{r['extra']} | {_yes(r['ok'])} |")
+    return out
+
+
+def markdown(results: dict) -> str:
+    machine = results.get("machine", {})
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `bench/run_all.py` ({results.get('command', '')}) on "
+        f"{results.get('written', '?')}. Machine: {machine.get('cpus', '?')} CPUs, "
+        f"{machine.get('mem_gib', '?')} GiB, {machine.get('kernel', '?')}, "
+        f"ansible-core {machine.get('ansible', '?')}, {machine.get('podman', '?')}.",
+        "",
+        "**The machine is shared**: other engineers' test containers and test suites were "
+        "running while these numbers were taken (see the load averages). Absolute times are "
+        "noisy; quote the ratios and medians, and re-run `make bench` on a quiet machine for "
+        "absolute figures. Sections measured in different runs carry their own time.",
+        "",
+    ]
+    for key, render in (("rollout", rollout_md), ("agent", agent_md), ("storm", storm_md)):
+        if key in results:
+            lines += render(results[key]) + [""]
+        else:
+            lines += [f"## {key}", "", "Not measured yet: `python bench/run_all.py "
+                      f"--only {key}`.", ""]
+    lines += ["Settings and how to run the same playbooks from AWX / Ansible Automation "
+              "Platform: [../NOTES.md](../NOTES.md).", ""]
+    return "\n".join(lines)
+
+
+def plot(rollout: dict, path: Path) -> None:
+    # Imported here: only the plot needs the bench extra, the table does not.
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = sorted(rollout["rows"], key=lambda r: r["n"])
+    ns = [r["n"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for key, label, style in (
+        ("role_first_s", "role: first converge", "o-"),
+        ("baseline_first_s", "baseline: first run", "o--"),
+        ("role_rerun_s", "role: re-run (changed=0)", "s-"),
+        ("baseline_rerun_s", "baseline: re-run", "s--"),
+    ):
+        ax1.plot(ns, [r[key] for r in rows], style, label=label)
+    ax1.set(xlabel="hosts (N systemd containers)", ylabel="wall time (s)",
+            title="Rollout wall time against fleet size", xticks=ns)
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    ax2.plot(ns, [r["first_ratio"] for r in rows], "o-", label="first converge / baseline")
+    ax2.plot(ns, [r["rerun_ratio"] for r in rows], "s-", label="re-run / baseline re-run")
+    ax2.axhline(FIRST_TARGET, color="C0", ls=":", label=f"target first <= {FIRST_TARGET}x")
+    ax2.axhline(RERUN_TARGET, color="C1", ls=":", label=f"target re-run <= {RERUN_TARGET}x")
+    ax2.set(xlabel="hosts (N systemd containers)", ylabel="ratio (role / baseline)",
+            title="Role cost relative to the baseline", xticks=ns)
+    ax2.set_ylim(bottom=0)
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.suptitle(f"redflag-provision rollout benchmark ({rollout['at']}, shared machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,118 @@
+"""Rollout benchmark: first converge and idempotent re-run of playbooks/site.yml (the real
+role) against the baseline playbook, on the same fresh systemd containers, per fleet size."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import podfleet
+import recap
+from common import REPO, WORK, BenchError, python, run
+
+DEVSERVER = REPO / "molecule" / "shared" / "devserver.py"
+SITE = REPO / "playbooks" / "site.yml"
+BASELINE = REPO / "bench" / "baseline.yml"
+PLAYBOOK_TIMEOUT_S = 900
+
+
+def inventory(names: list[str], url: str, token_file: Path, artifact: Path) -> dict:
+    """Pure: the inventory (YAML-compatible JSON). The token stays in its file; Ansible
+    reads it with a lookup, so it is never on argv or in this inventory."""
+    return {"all": {"children": {"redflag_agents": {
+        "hosts": {n: {} for n in names},
+        "vars": {
+            "ansible_connection": "containers.podman.podman",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            # podman exec is already root and the image has no sudo.
+            "ansible_become": False,
+            "redflag_agent_server_url": url,
+            "redflag_agent_registration_token":
+                "{{ lookup('ansible.builtin.file', '" + str(token_file) + "') }}",
+            "rf_bench_artifact": str(artifact),
+        },
+    }}}}
+
+
+def _playbook(label: str, inv: Path, playbook: Path, logdir: Path,
+              extra: tuple[str, ...] = ()) -> dict:
+    t0 = time.monotonic()
+    res = run(["ansible-playbook", "-i", str(inv), str(playbook), *extra],
+              timeout=PLAYBOOK_TIMEOUT_S, check=False)
+    wall = time.monotonic() - t0
+    (logdir / f"{label}.log").write_text(res.stdout + res.stderr)
+    hosts = recap.parse(res.stdout)
+    tot = recap.totals(hosts)
+    if res.returncode != 0 or tot["failed"] or tot["unreachable"]:
+        raise BenchError(f"{label}: ansible-playbook exit {res.returncode}, recap {tot}; "
+                         f"see {logdir / (label + '.log')}")
+    return {"wall_s": round(wall, 2), "changed": tot["changed"], "hosts": len(hosts),
+            "tasks_per_host": round(tot["ok"] / max(1, len(hosts)), 1)}
+
+
+def one_size(size: int, artifact: Path, serial: str) -> dict:
+    names = podfleet.names_for(size)
+    base = WORK / "rollout" / f"n{size}"
+    logdir = base / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    state = base / "devserver"
+    podfleet.remove(names)  # leftovers of an interrupted run
+    try:
+        boot = podfleet.create(names)
+        started = json.loads(run([python(), str(DEVSERVER), "start", "--state-dir", str(state)],
+                                 timeout=60).stdout)
+        run([python(), str(DEVSERVER), "mint", "--state-dir", str(state), "--out",
+             "registration_token", "--seats", str(size)], timeout=60)
+        inv = base / "inventory.yml"
+        inv.write_text(json.dumps(inventory(names, started["url"],
+                                            state / "registration_token", artifact), indent=1))
+        # Untimed warm-up so neither playbook pays the first contact with fresh containers.
+        run(["ansible", "redflag_agents", "-i", str(inv), "-m", "ansible.builtin.ping"],
+            timeout=300)
+        site_extra = ("-e", f"redflag_rollout_serial={serial}")
+        # Interleaved so both re-runs see the same load (agents idle in the containers).
+        b1 = _playbook("baseline-first", inv, BASELINE, logdir)
+        r1 = _playbook("role-first", inv, SITE, logdir, site_extra)
+        b2 = _playbook("baseline-rerun", inv, BASELINE, logdir)
+        r2 = _playbook("role-rerun", inv, SITE, logdir, site_extra)
+        agents = json.loads(run([python(), str(DEVSERVER), "agents", "--state-dir",
+                                 str(state)], timeout=60).stdout)
+        hostnames = [a.get("hostname") for a in agents]
+        return {
+            "n": size, "serial": serial, "boot_s": round(boot, 1),
+            "baseline_first_s": b1["wall_s"], "role_first_s": r1["wall_s"],
+            "baseline_rerun_s": b2["wall_s"], "role_rerun_s": r2["wall_s"],
+            "role_first_changed": r1["changed"], "role_rerun_changed": r2["changed"],
+            "baseline_rerun_changed": b2["changed"],
+            "role_tasks_per_host": r1["tasks_per_host"],
+            "baseline_tasks_per_host": b1["tasks_per_host"],
+            "registered": len(agents), "registered_ok": sorted(hostnames) == sorted(names),
+        }
+    finally:
+        run([python(), str(DEVSERVER), "stop", "--state-dir", str(state)], timeout=60,
+            check=False)
+        podfleet.remove(names)
+
+
+def ratios(row: dict) -> dict:
+    """Pure: role/baseline ratios for one size."""
+    return {
+        "first_ratio": round(row["role_first_s"] / row["baseline_first_s"], 2),
+        "rerun_ratio": round(row["role_rerun_s"] / row["baseline_rerun_s"], 2),
+    }
+
+
+def bench(sizes: list[int], artifact: Path, serial: str, log=print) -> dict:
+    podfleet.require_image()
+    rows = []
+    for size in sizes:
+        log(f"rollout: N={size} ...")
+        row = one_size(size, artifact, serial)
+        row.update(ratios(row))
+        log(f"rollout: N={size}: first {row['role_first_s']} s vs {row['baseline_first_s']} s"
+            f" ({row['first_ratio']}x), re-run {row['role_rerun_s']} s vs "
+            f"{row['baseline_rerun_s']} s ({row['rerun_ratio']}x), re-run changed="
+            f"{row['role_rerun_changed']}, registered {row['registered']}/{size}")
+        rows.append(row)
+    return {"rows": rows, "serial": serial}
