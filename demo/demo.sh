@@ -144,10 +144,18 @@ site_log="$LOGS/site-$run_no.log"
 
 say "rolling out with playbooks/site.yml (all three hosts in one batch; log .demo/logs/site-$run_no.log)"
 # The demo fleet is one batch; a real fleet keeps site.yml's default serial (20%).
-ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-$([ -t 1 ] && echo 1 || echo 0)}" \
+if ! ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-$([ -t 1 ] && echo 1 || echo 0)}" \
     ansible-playbook -i "$INVENTORY" "$REPO/playbooks/site.yml" -e redflag_rollout_serial=3 \
-    2>&1 | tee "$site_log" || die "site.yml failed (the failed task and its message are above; log: .demo/logs/site-$run_no.log)" \
-    "fix what the failed task names, then re-run 'make demo'"
+    2>&1 | tee "$site_log"; then
+    bad=$("$PY" "$REPO/demo/fleet.py" culprits "$site_log" || true)
+    first=${bad%% *}
+    if [ -n "$first" ]; then
+        die "site.yml failed on: $bad (the health gate's message above says why; log: .demo/logs/site-$run_no.log)" \
+            "see why the agent did not come up: podman exec $first journalctl -u redflag-agent -n 40 --no-pager"
+    fi
+    die "site.yml failed (the failed task and its message are above; log: .demo/logs/site-$run_no.log)" \
+        "fix what the failed task names, then re-run 'make demo'"
+fi
 
 rerun_text=""
 rerun_ok=1

@@ -3,6 +3,7 @@
     fleet.py inventory --out F --server-url URL --token-file F --host NAME[:token] ...
     fleet.py recap LOG                      -> JSON {host: {ok, changed, ...}}
     fleet.py rerun LOG HOST...              -> "second run: no changes" or who changed
+    fleet.py culprits LOG                   -> the hosts a failed rollout failed on
     fleet.py table LOG                      -> the table printed by playbooks/status.yml
     fleet.py summary --facts F              -> plain summary; exit 1 when the fleet is not
                                                what the demo promises
@@ -113,6 +114,18 @@ def rerun_verdict(
     if changed:
         return False, "second run: changes on " + ", ".join(changed)
     return True, "second run: no changes"
+
+
+def culprits(recap: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Hosts to look at after a failed rollout.
+
+    The role records a host's failure and site.yml's health gate then fails on whichever
+    host runs it, so the hosts with a rescued failure are the real ones.
+    """
+    rescued = sorted(h for h, c in recap.items() if c.get("rescued", 0))
+    if rescued:
+        return rescued
+    return sorted(h for h, c in recap.items() if c.get("failed", 0) or c.get("unreachable", 0))
 
 
 def fleet_table(text: str, task: str = "Print the fleet table") -> Optional[str]:
@@ -280,6 +293,11 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_culprits(args: argparse.Namespace) -> int:
+    print(" ".join(culprits(parse_recap(Path(args.log).read_text(errors="replace")))))
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     table = fleet_table(Path(args.log).read_text(errors="replace"))
     if table is None:
@@ -334,6 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("log")
     p.add_argument("hosts", nargs="+")
     p.set_defaults(func=_cmd_rerun)
+    p = sub.add_parser("culprits")
+    p.add_argument("log")
+    p.set_defaults(func=_cmd_culprits)
     p = sub.add_parser("table")
     p.add_argument("log")
     p.set_defaults(func=_cmd_table)

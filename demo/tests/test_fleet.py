@@ -73,6 +73,21 @@ def test_rerun_verdict(legacy_changed, hosts, ok, text):
     assert fleet.rerun_verdict(recap, hosts) == (ok, text)
 
 
+@pytest.mark.parametrize(
+    ("recap", "expected"),
+    [
+        # the role rescued a failure on legacy; the health gate then failed on fresh
+        ({"rf-demo-fresh": {"failed": 1, "rescued": 0}, "rf-demo-legacy": {"rescued": 1},
+          "rf-demo-notoken": {"failed": 0}}, ["rf-demo-legacy"]),
+        ({"a": {"unreachable": 1}, "b": {"failed": 1}, "c": {"failed": 0}}, ["a", "b"]),
+        ({"a": {"failed": 0, "rescued": 0}}, []),
+        ({}, []),
+    ],
+)
+def test_culprits(recap, expected):
+    assert fleet.culprits(recap) == expected
+
+
 # -- status table --------------------------------------------------------------------------
 
 STATUS_LOG = """\
