@@ -6,14 +6,15 @@ import contextlib
 import copy
 import logging
 import os
-import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import config as cfgmod
-from .client import BadRequest, Client, Unauthorized
 from .paths import Paths
 from .version import AGENT_VERSION
+
+if TYPE_CHECKING:
+    from .client import Client
 
 REGISTER = "register"
 REGISTERED = "registered"
@@ -55,6 +56,8 @@ def rejection_message(exc: Exception) -> str:
 
 def is_token_rejection(exc: Exception) -> bool:
     """401, or the 400 the server returns when a token could not be consumed."""
+    from .client import BadRequest, Unauthorized  # noqa: PLC0415 - urllib/ssl only when needed
+
     if isinstance(exc, Unauthorized):
         return True
     if isinstance(exc, BadRequest):
@@ -64,6 +67,8 @@ def is_token_rejection(exc: Exception) -> bool:
 
 
 def host_facts() -> dict[str, str]:
+    import socket  # noqa: PLC0415 - only when registering
+
     uname = os.uname()
     os_version = uname.release
     try:
@@ -125,6 +130,8 @@ def perform(client: Client, paths: Paths, token: str, cfg: dict[str, Any],
             shield: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
             ) -> dict[str, Any]:
     """Register once. Raises TokenRejected, or the client's retryable errors for the caller."""
+    from .client import BadRequest, Unauthorized  # noqa: PLC0415
+
     body = registration_body(cfg, host_facts(), migrated_from)
     try:
         answer = client.register(token, body)

@@ -10,18 +10,22 @@ import logging
 import os
 import random
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import backoff, logs, registration
 from . import config as cfgmod
-from .checkin import Agent
-from .client import Client, ClientError
 from .exits import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .lock import InstanceLock, LockHeld
 from .owner import chown_to_agent
 from .paths import Paths
 from .signals import Terminated, Terminator
 from .status import StatusFile, utc_now
+
+if TYPE_CHECKING:
+    from .client import Client
+
+# The HTTP client (urllib, ssl) and the check-in loop are imported only once the agent knows
+# it has work: a start that ends in 78 (the restart-storm case) stays cheap.
 
 __all__ = ["EX_CONFIG", "EX_NOPERM", "EX_OK", "EX_TEMPFAIL", "EX_UNAVAILABLE", "Runner",
            "backoff_settings", "make_client"]
@@ -41,6 +45,8 @@ def backoff_settings(paths: Paths, environ: Optional[dict[str, str]] = None) -> 
 
 
 def make_client(cfg: dict[str, Any]) -> Client:
+    from .client import Client  # noqa: PLC0415 - see the note on imports above
+
     network = cfg.get("network") if isinstance(cfg.get("network"), dict) else {}
     timeout = network.get("timeout") or 30  # type: ignore[union-attr]
     return Client(str(cfg["server_url"]), timeout=float(timeout),
@@ -164,6 +170,8 @@ class Runner:
         self._ensure_state_dir_locked()
         self.status = StatusFile(self.paths, self.log)
         migrated_from = _migrated_from(self.paths, self.log)
+        from .checkin import Agent  # noqa: PLC0415 - see the note on imports above
+
         try:
             if decision.action == registration.REGISTER:
                 cfg = self._register_until_done(client, cfg, migrated_from)
@@ -186,6 +194,8 @@ class Runner:
 
     def _register_until_done(self, client: Client, cfg: dict[str, Any],
                              migrated_from: Optional[str]) -> dict[str, Any]:
+        from .client import ClientError  # noqa: PLC0415
+
         attempt = 0
         token = str(cfg["registration_token"])
         while True:
