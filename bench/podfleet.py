@@ -3,13 +3,18 @@ start with PREFIX are ever touched, so other people's containers are safe."""
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from common import BenchError, run
+from common import BENCH, WORK, BenchError, run
 
 PREFIX = "rf-bench-"
 IMAGE = "localhost/redflag-debian12-systemd:latest"
+SSHD_FILE = BENCH / "images" / "Containerfile.sshd"
+SSH_DIR = WORK / "ssh"
 BOOT_TIMEOUT_S = 180
 
 
@@ -44,9 +49,60 @@ def require_image(image: str = IMAGE) -> None:
                          "'make image' (molecule/images/build-debian.sh)")
 
 
-def _start(name: str, image: str) -> None:
+def sshd_image() -> str:
+    """The base image plus sshd, tagged by the Containerfile's hash (built once, ~1 min)."""
+    require_image()
+    tag = hashlib.sha256(SSHD_FILE.read_bytes()).hexdigest()[:12]
+    image = f"localhost/redflag-bench-sshd:{tag}"
+    if run(["podman", "image", "exists", image], timeout=60, check=False).returncode != 0:
+        run(["podman", "build", "--network", "host", "--build-arg", f"BASE={IMAGE}",
+             "-f", str(SSHD_FILE), "-t", image, str(SSHD_FILE.parent)], timeout=900)
+    return image
+
+
+def ssh_key() -> Path:
+    """The bench's own key pair (private key never leaves bench/work/ssh)."""
+    key = SSH_DIR / "id_ed25519"
+    if not key.exists():
+        SSH_DIR.mkdir(parents=True, exist_ok=True)
+        SSH_DIR.chmod(0o700)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rf-bench", "-f", str(key)],
+            timeout=60)
+    return key
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(name: str, image: str, port: int | None) -> None:
+    mounts: list[str] = []
+    if port is not None:
+        pub = f"{ssh_key()}.pub"
+        conf = SSH_DIR / f"{name}.conf"
+        conf.write_text(f"Port {port}\n")
+        mounts = ["-v", f"{conf}:/etc/ssh/sshd_config.d/port.conf:ro",
+                  "-v", f"{pub}:/root/.ssh/authorized_keys:ro"]
     run(["podman", "run", "-d", "--name", name, "--hostname", name, "--systemd=always",
-         "--network", "host", "--label", "owner=rf-bench", image, "/sbin/init"], timeout=120)
+         "--network", "host", "--label", "owner=rf-bench", *mounts, image, "/sbin/init"],
+        timeout=120)
+
+
+def _wait_sshd(port: int) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"sshd on 127.0.0.1:{port} did not answer within "
+                             f"{BOOT_TIMEOUT_S} s")
+        time.sleep(0.2)
 
 
 def _wait_booted(name: str) -> str:
@@ -66,13 +122,16 @@ def _wait_booted(name: str) -> str:
         time.sleep(0.2)
 
 
-def create(names: list[str], image: str = IMAGE) -> float:
-    """Start the containers and wait until systemd runs in each; returns seconds taken."""
+def create(names: list[str], image: str = IMAGE,
+           ports: dict[str, int] | None = None) -> float:
+    """Start the containers (with sshd on the given loopback ports, when given) and wait
+    until systemd, and sshd, run in each; returns seconds taken."""
     _check_ours(names)
     t0 = time.monotonic()
     # podman itself serialises on its lock; two workers keep the 2-core machine responsive.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda n: _start(n, image), names))
+        list(pool.map(lambda n: _start(n, image, (ports or {}).get(n)), names))
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(_wait_booted, names))
+        list(pool.map(_wait_sshd, (ports or {}).values()))
     return time.monotonic() - t0

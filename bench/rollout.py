@@ -17,22 +17,36 @@ BASELINE = REPO / "bench" / "baseline.yml"
 PLAYBOOK_TIMEOUT_S = 900
 
 
-def inventory(names: list[str], url: str, token_file: Path, artifact: Path) -> dict:
+def inventory(names: list[str], url: str, token_file: Path, artifact: Path,
+              *, ports: dict[str, int] | None = None, key: Path | None = None) -> dict:
     """Pure: the inventory (YAML-compatible JSON). The token stays in its file; Ansible
-    reads it with a lookup, so it is never on argv or in this inventory."""
-    return {"all": {"children": {"redflag_agents": {
-        "hosts": {n: {} for n in names},
-        "vars": {
-            "ansible_connection": "containers.podman.podman",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            # podman exec is already root and the image has no sudo.
-            "ansible_become": False,
-            "redflag_agent_server_url": url,
-            "redflag_agent_registration_token":
-                "{{ lookup('ansible.builtin.file', '" + str(token_file) + "') }}",
-            "rf_bench_artifact": str(artifact),
-        },
-    }}}}
+    reads it with a lookup, so it is never on argv or in this inventory. With ports, the
+    hosts are reached over SSH on 127.0.0.1 (pipelining, ControlPersist from ansible.cfg);
+    without, with the podman connection."""
+    common = {
+        "ansible_python_interpreter": "/usr/bin/python3",
+        # root already (podman exec, or SSH as root); the image has no sudo.
+        "ansible_become": False,
+        "redflag_agent_server_url": url,
+        "redflag_agent_registration_token":
+            "{{ lookup('ansible.builtin.file', '" + str(token_file) + "') }}",
+        "rf_bench_artifact": str(artifact),
+    }
+    if ports:
+        hosts = {n: {"ansible_host": "127.0.0.1", "ansible_port": ports[n]} for n in names}
+        common.update({
+            "ansible_connection": "ssh",
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(key),
+            # Throw-away containers on loopback that share one host key.
+            "ansible_ssh_host_key_checking": False,
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                       "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        })
+    else:
+        hosts = {n: {} for n in names}
+        common["ansible_connection"] = "containers.podman.podman"
+    return {"all": {"children": {"redflag_agents": {"hosts": hosts, "vars": common}}}}
 
 
 def _playbook(label: str, inv: Path, playbook: Path, logdir: Path,
@@ -51,36 +65,47 @@ def _playbook(label: str, inv: Path, playbook: Path, logdir: Path,
             "tasks_per_host": round(tot["ok"] / max(1, len(hosts)), 1)}
 
 
-def one_size(size: int, artifact: Path, serial: str) -> dict:
+def _warm(inv: Path) -> None:
+    """Untimed: every host answered just before each timed run, so each playbook finds
+    the same state (SSH control masters open, python warm in the page cache)."""
+    run(["ansible", "redflag_agents", "-i", str(inv), "-m", "ansible.builtin.ping"],
+        timeout=300)
+
+
+def one_size(size: int, artifact: Path, serial: str, transport: str) -> dict:
     names = podfleet.names_for(size)
     base = WORK / "rollout" / f"n{size}"
     logdir = base / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     state = base / "devserver"
     podfleet.remove(names)  # leftovers of an interrupted run
+    ports = {n: podfleet.free_port() for n in names} if transport == "ssh" else None
+    image = podfleet.sshd_image() if transport == "ssh" else podfleet.IMAGE
     try:
-        boot = podfleet.create(names)
+        boot = podfleet.create(names, image, ports)
         started = json.loads(run([python(), str(DEVSERVER), "start", "--state-dir", str(state)],
                                  timeout=60).stdout)
         run([python(), str(DEVSERVER), "mint", "--state-dir", str(state), "--out",
              "registration_token", "--seats", str(size)], timeout=60)
         inv = base / "inventory.yml"
-        inv.write_text(json.dumps(inventory(names, started["url"],
-                                            state / "registration_token", artifact), indent=1))
-        # Untimed warm-up so neither playbook pays the first contact with fresh containers.
-        run(["ansible", "redflag_agents", "-i", str(inv), "-m", "ansible.builtin.ping"],
-            timeout=300)
+        inv.write_text(json.dumps(inventory(
+            names, started["url"], state / "registration_token", artifact, ports=ports,
+            key=podfleet.ssh_key() if ports else None), indent=1))
         site_extra = ("-e", f"redflag_rollout_serial={serial}")
         # Interleaved so both re-runs see the same load (agents idle in the containers).
-        b1 = _playbook("baseline-first", inv, BASELINE, logdir)
-        r1 = _playbook("role-first", inv, SITE, logdir, site_extra)
-        b2 = _playbook("baseline-rerun", inv, BASELINE, logdir)
-        r2 = _playbook("role-rerun", inv, SITE, logdir, site_extra)
+        plan = (("baseline-first", BASELINE, ()), ("role-first", SITE, site_extra),
+                ("baseline-rerun", BASELINE, ()), ("role-rerun", SITE, site_extra))
+        runs = {}
+        for label, playbook, extra in plan:
+            _warm(inv)
+            runs[label] = _playbook(label, inv, playbook, logdir, extra)
+        b1, r1 = runs["baseline-first"], runs["role-first"]
+        b2, r2 = runs["baseline-rerun"], runs["role-rerun"]
         agents = json.loads(run([python(), str(DEVSERVER), "agents", "--state-dir",
                                  str(state)], timeout=60).stdout)
         hostnames = [a.get("hostname") for a in agents]
         return {
-            "n": size, "serial": serial, "boot_s": round(boot, 1),
+            "n": size, "serial": serial, "transport": transport, "boot_s": round(boot, 1),
             "baseline_first_s": b1["wall_s"], "role_first_s": r1["wall_s"],
             "baseline_rerun_s": b2["wall_s"], "role_rerun_s": r2["wall_s"],
             "role_first_changed": r1["changed"], "role_rerun_changed": r2["changed"],
@@ -103,16 +128,17 @@ def ratios(row: dict) -> dict:
     }
 
 
-def bench(sizes: list[int], artifact: Path, serial: str, log=print) -> dict:
+def bench(sizes: list[int], artifact: Path, serial: str, transport: str = "ssh",
+          log=print) -> dict:
     podfleet.require_image()
     rows = []
     for size in sizes:
-        log(f"rollout: N={size} ...")
-        row = one_size(size, artifact, serial)
+        log(f"rollout: N={size} over {transport} ...")
+        row = one_size(size, artifact, serial, transport)
         row.update(ratios(row))
         log(f"rollout: N={size}: first {row['role_first_s']} s vs {row['baseline_first_s']} s"
             f" ({row['first_ratio']}x), re-run {row['role_rerun_s']} s vs "
             f"{row['baseline_rerun_s']} s ({row['rerun_ratio']}x), re-run changed="
             f"{row['role_rerun_changed']}, registered {row['registered']}/{size}")
         rows.append(row)
-    return {"rows": rows, "serial": serial}
+    return {"rows": rows, "serial": serial, "transport": transport}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rollout fleet sizes (default 1,5,10,20)")
     p.add_argument("--serial", default="100%",
                    help="site.yml batch size (redflag_rollout_serial; default 100%%)")
+    p.add_argument("--transport", choices=("ssh", "podman"), default="ssh",
+                   help="how Ansible reaches the containers: ssh (sshd in each container, "
+                        "pipelining; default) or podman (podman exec, no pipelining)")
     p.add_argument("--agent-runs", type=int, default=9, help="agent_bench.py runs (default 9)")
     p.add_argument("--cpu-runs", type=int, default=3, help="CPU-over-10-check-ins runs")
     p.add_argument("--storm-agents", type=int, default=1000)
@@ -107,10 +111,18 @@ def _stop(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    WORK.mkdir(parents=True, exist_ok=True)
+    # One run at a time: a second one would remove the first one's containers.
+    lock = open(WORK / ".run_all.lock", "w")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("run_all: another bench/run_all.py is running; wait for it to finish",
+              file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    WORK.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.json"
     results = load_previous(store)
     results["machine"] = machine()
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["buckets"] = {str(k): v for k, v in r["buckets"].items()}
             else:
                 podfleet.remove_all_ours()
-                sec = rollout.bench(args.sizes, pyz, args.serial)
+                sec = rollout.bench(args.sizes, pyz, args.serial, args.transport)
             sec.update(stamp, took_s=round(time.monotonic() - t0, 1))
             results[part] = sec
             results["written"] = now()

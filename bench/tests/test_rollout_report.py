@@ -21,6 +21,16 @@ def test_inventory_keeps_the_token_in_its_file(tmp_path):
     assert group["vars"]["ansible_connection"] == "containers.podman.podman"
 
 
+def test_ssh_inventory_reaches_each_host_on_its_loopback_port(tmp_path):
+    names = ["rf-bench-n2-01", "rf-bench-n2-02"]
+    inv = rollout.inventory(names, "http://127.0.0.1:4000", tmp_path / "t", tmp_path / "a",
+                            ports={names[0]: 40001, names[1]: 40002}, key=tmp_path / "k")
+    group = inv["all"]["children"]["redflag_agents"]
+    assert group["hosts"][names[1]] == {"ansible_host": "127.0.0.1", "ansible_port": 40002}
+    assert group["vars"]["ansible_connection"] == "ssh"
+    assert group["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / "k")
+
+
 def test_ratios():
     row = {"role_first_s": 30.0, "baseline_first_s": 10.0, "role_rerun_s": 12.0,
            "baseline_rerun_s": 10.0}
