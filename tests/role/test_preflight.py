@@ -1,0 +1,92 @@
+"""Preflight rejects bad input before any change, naming the variable and the fix.
+
+Runs the real role with `--tags preflight` against this machine over the local
+connection; preflight only reads (python3 probe, facts), so nothing is changed here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+GOOD = {"redflag_agent_server_url": "http://127.0.0.1:8080"}
+
+
+def run_preflight(extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps({**GOOD, **extra, "ansible_become": False}))
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}",
+            "-e", f"@{vars_file}",
+            "--tags", "preflight",
+            str(REPO / "playbooks" / "install.yml"),
+        ],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+    )  # fmt: skip
+
+
+CASES = [
+    ({"redflag_agent_server_url": "ftp://x"}, "redflag_agent_server_url is 'ftp://x'; set it to"),
+    ({"redflag_agent_server_url": ""}, "redflag_agent_server_url is ''; set it to"),
+    ({"redflag_agent_server_url": "http://h/api"}, "with no path"),
+    (
+        {"redflag_agent_server_url": "http://h:99999"},
+        "redflag_agent_server_url is 'http://h:99999'",
+    ),
+    ({"redflag_agent_check_in_interval": 0}, "redflag_agent_check_in_interval is '0'"),
+    ({"redflag_agent_version": "latest"}, "redflag_agent_version is 'latest'"),
+    ({"redflag_agent_artifact": "/x.pyz"}, "set redflag_agent_version to the version of /x.pyz"),
+    ({"redflag_agent_keep_versions": 0}, "redflag_agent_keep_versions is '0'"),
+    ({"redflag_agent_require_token": True}, "redflag_agent_require_token is true but"),
+    ({"redflag_agent_force_reregister": True}, "redflag_agent_force_reregister is true but"),
+    ({"redflag_agent_state": "gone"}, "redflag_agent_state"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra", "message"), CASES, ids=[c[1][:40] for c in CASES])
+def test_bad_input_is_rejected(extra, message, tmp_path):
+    proc = run_preflight(extra, tmp_path)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert message in out, out[-3000:]
+
+
+PID1_IS_SYSTEMD = Path("/proc/1/comm").read_text().strip() == "systemd"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"redflag_agent_server_url": "https://[::1]:8443"}, {"redflag_agent_version": "0.2.0"}],
+)
+def test_good_input_passes(extra, tmp_path):
+    proc = run_preflight(extra, tmp_path)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    # Every input check passed; then only the host checks remain.
+    assert "fatal" not in out.split("TASK [redflag_agent : Probe the host's python3")[0], out[
+        -3000:
+    ]
+    if PID1_IS_SYSTEMD:
+        assert proc.returncode == 0, out[-3000:]
+    else:
+        # This machine does not boot systemd: the one failure is the systemd check.
+        assert proc.returncode != 0
+        assert "Check systemd is PID 1: The host's service manager is" in out, out[-3000:]
