@@ -1,0 +1,110 @@
+"""redflag_agent_config end to end: the module drives the real agent zipapp in a temp root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, ROLE
+
+MODULE = ROLE / "library" / "redflag_agent_config.py"
+TOKEN = "tok-e2e-7f3a9c"  # a fake token: the test checks it never appears in output
+SETTINGS = {
+    "server_url": "http://127.0.0.1:9",
+    "check_in_interval": 300,
+    "tags": ["t1"],
+    "logging": {"level": "info"},
+}
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, str(REPO / "agent_src" / "build_zipapp.py"), "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return next(out.glob("redflag-agent-*.pyz"))
+
+
+def run_module(root: Path, args: dict, check: bool = False) -> dict:
+    args_file = root.parent / "args.json"
+    args_file.write_text(
+        json.dumps({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check}})
+    )
+    proc = subprocess.run(
+        [sys.executable, str(MODULE), str(args_file)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "REDFLAG_ROOT": str(root)},
+    )  # fmt: skip
+    assert TOKEN not in proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    r = tmp_path / "root"
+    (r / "etc" / "redflag-agent").mkdir(parents=True)
+    (r / "var" / "lib" / "redflag-agent").mkdir(parents=True)
+    return r
+
+
+def args(pyz: Path, **extra) -> dict:
+    return {"python": sys.executable, "pyz": str(pyz), "settings": SETTINGS, **extra}
+
+
+def test_create_then_unchanged(pyz, root):
+    config = root / "etc" / "redflag-agent" / "config.json"
+    first = run_module(root, args(pyz, registration_token=TOKEN))
+    assert (first["changed"], first["created"]) == (True, True)
+    assert "registration_token" in first["changed_keys"]
+    saved = json.loads(config.read_text())
+    assert saved["registration_token"] == TOKEN and saved["version"] == "6"
+    assert config.stat().st_mode & 0o777 == 0o600
+    # Registered host: the role sends no token; the agent's keys are kept.
+    saved.update(agent_id="a-1", token="jwt", refresh_token="r-1", machine_id="keep")
+    del saved["registration_token"]
+    config.write_text(json.dumps(saved))
+    mtime = config.stat().st_mtime_ns
+    second = run_module(root, args(pyz))
+    assert (second["changed"], second["changed_keys"]) == (False, [])
+    assert config.stat().st_mtime_ns == mtime
+    kept = json.loads(config.read_text())
+    assert (kept["agent_id"], kept["machine_id"]) == ("a-1", "keep")
+    assert "registration_token" not in kept
+
+
+def test_check_mode_reports_without_writing(pyz, root):
+    config = root / "etc" / "redflag-agent" / "config.json"
+    result = run_module(root, args(pyz, registration_token=TOKEN), check=True)
+    assert (result["changed"], result["created"]) == (True, True)
+    assert not config.exists()
+
+
+def test_check_mode_without_agent_would_create(root):
+    result = run_module(root, args(root / "missing.pyz"), check=True)
+    assert (result["changed"], result["created"]) == (True, True)
+    assert "would be created" in result["msg"]
+
+
+def test_missing_agent_outside_check_mode_fails_clearly(root):
+    result = run_module(root, args(root / "missing.pyz"))
+    assert result["failed"] is True and "does not exist" in result["msg"]
+
+
+def test_invalid_setting_is_refused_with_the_agents_reason(pyz, root):
+    bad = {**SETTINGS, "check_in_interval": "soon"}
+    result = run_module(root, {**args(pyz), "settings": bad})
+    assert result["failed"] is True
+    assert "exited 78" in result["msg"] and "check_in_interval" in result["msg"]
+    assert not (root / "etc" / "redflag-agent" / "config.json").exists()
+
+
+def test_reregister_without_token_is_refused(pyz, root):
+    result = run_module(root, args(pyz, reregister=True))
+    assert result["failed"] is True and "needs a registration token" in result["msg"]
