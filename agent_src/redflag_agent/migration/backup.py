@@ -148,6 +148,16 @@ def create_backup(paths: Paths, name: str, entries: list[dict[str, Any]],
         shutil.rmtree(tmp)
     paths.backups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp.mkdir(mode=0o700)
+    try:
+        return _fill_backup(paths, name, tmp, entries, hook)
+    except Exception:
+        # a half-written copy helps nobody, and on a full disk it holds the space others need
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fill_backup(paths: Paths, name: str, tmp: Path, entries: list[dict[str, Any]],
+                 hook: Callable[[str], None]) -> dict[str, Any]:
     stored: list[dict[str, Any]] = []
     for original in entries:
         e = dict(original)
