@@ -144,7 +144,12 @@ def service_restart_and_settle(host, timeout: float = 30.0) -> None:
     wait_for(settled, timeout, interval=0.5, what="the restarted agent to be active and check in")
 
 
-def run_playbook(playbook: str, extra_vars: dict | None = None, limit: str | None = None):
+def run_playbook(
+    playbook: str,
+    extra_vars: dict | None = None,
+    limit: str | None = None,
+    check: bool = False,
+):
     """Run a playbook against the scenario's hosts, the way Molecule runs converge.
 
     Extra vars travel in a file, not on argv. Returns (rc, output, recap per host).
@@ -160,6 +165,8 @@ def run_playbook(playbook: str, extra_vars: dict | None = None, limit: str | Non
         cmd += ["--extra-vars", "@" + str(vars_file)]
     if limit:
         cmd += ["--limit", limit]
+    if check:
+        cmd += ["--check"]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     output = result.stdout + result.stderr
