@@ -140,8 +140,13 @@ def mint(state_dir: Path, out_name: str, seats: int, revoke: bool) -> Path:
         raise DevServerError(f"--out must be a plain file name, got {out_name!r}")
     result = subprocess.run(
         _devserver_cmd(
-            "mint-token", "--db", state["db"], "--seats", str(seats),
-            "--note", "molecule:" + out_name,
+            "mint-token",
+            "--db",
+            state["db"],
+            "--seats",
+            str(seats),
+            "--note",
+            "molecule:" + out_name,
         ),
         capture_output=True,
         text=True,

@@ -1,0 +1,58 @@
+"""Removal: deregistered on the server, unit/artifact/config gone, purge decides the rest."""
+
+from __future__ import annotations
+
+import pytest
+import rfcheck
+
+CONVERGE = "molecule/shared/converge.yml"
+UNIT_PATHS = (
+    "/etc/systemd/system/redflag-agent.service",
+    "/usr/lib/systemd/system/redflag-agent.service",
+)
+
+
+@pytest.fixture(scope="module")
+def installed():
+    return {}
+
+
+def test_installed_and_registered(host, installed):
+    status = rfcheck.wait_for(lambda: rfcheck.checked_in_status(host), 30, what="a check-in")
+    installed["agent_id"] = status["agent_id"]
+    (agent,) = rfcheck.server_agents()
+    assert agent["agent_id"] == status["agent_id"]
+    assert agent["deregistered_at"] is None
+
+
+def test_absent_removes_and_deregisters(host, installed):
+    rc, _out, recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
+    assert rc == 0, "converge with state absent failed; see playbook-runs.log"
+    assert recap[host.check_output("hostname")]["changed"] > 0
+    for path in (*UNIT_PATHS, "/opt/redflag-agent", "/etc/redflag-agent"):
+        assert not host.file(path).exists, f"{path} still exists"
+    load = rfcheck.run_ok(host, "systemctl show redflag-agent.service -p LoadState --value")
+    assert load.strip() == "not-found"
+    (agent,) = rfcheck.server_agents()
+    assert agent["agent_id"] == installed["agent_id"]
+    assert agent["deregistered_at"] is not None, "the agent is still registered on the server"
+    # Without purge the state directory and the user stay.
+    assert host.file(rfcheck.STATE_DIR).is_directory
+    assert host.user("redflag-agent").exists
+
+
+def test_absent_again_changes_nothing(host):
+    rc, _out, recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
+    assert rc == 0
+    assert recap[host.check_output("hostname")]["changed"] == 0
+
+
+def test_purge_removes_state_and_user(host):
+    rc, _out, recap = rfcheck.run_playbook(
+        CONVERGE, {"redflag_agent_state": "absent", "redflag_agent_purge": True}
+    )
+    assert rc == 0
+    assert recap[host.check_output("hostname")]["changed"] > 0
+    assert not host.file(rfcheck.STATE_DIR).exists
+    assert not host.user("redflag-agent").exists
+    assert not host.group("redflag-agent").exists
