@@ -58,3 +58,8 @@ def test_choices_contain_default():
 
 def test_token_is_no_log_in_spec():
     assert SPECS["redflag_agent_registration_token"].get("no_log") is True
+
+
+def test_role_readme_documents_every_variable():
+    readme = (ROLE / "README.md").read_text()
+    assert [name for name in DEFAULTS if f"| `{name}` |" not in readme] == []
