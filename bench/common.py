@@ -52,15 +52,9 @@ def python() -> str:
 
 
 def build_zipapp(out: Path) -> Path:
-    """Build the agent zipapp once for the agent and baseline parts; returns its path."""
+    """Build the agent zipapp once per bench run (role, baseline, agent CPU); its path."""
     res = run([python(), str(AGENT_SRC / "build_zipapp.py"), "--out", str(out)], timeout=60)
     return Path(res.stdout.split()[0])
-
-
-def agent_version() -> str:
-    res = run([python(), "-c", "from redflag_agent.version import AGENT_VERSION as v; print(v)"],
-              timeout=30)
-    return res.stdout.strip()
 
 
 class DevServer:

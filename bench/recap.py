@@ -29,5 +29,22 @@ def parse(output: str) -> dict[str, dict[str, int]]:
     return hosts
 
 
+_TASK = re.compile(r"^(?P<name>.+?) -+ (?P<secs>\d+(?:\.\d+)?)s$")
+
+
+def task_times(output: str) -> list[tuple[str, float]]:
+    """(task, seconds) from the profile_tasks callback's TASKS RECAP, slowest first."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("TASKS RECAP")]
+    if not starts:
+        return []
+    out = []
+    for line in lines[starts[-1] + 1:]:
+        m = _TASK.match(line.strip())
+        if m:
+            out.append((m.group("name"), float(m.group("secs"))))
+    return sorted(out, key=lambda t: -t[1])
+
+
 def totals(hosts: dict[str, dict[str, int]]) -> dict[str, int]:
     return {k: sum(h.get(k, 0) for h in hosts.values()) for k in KEYS}

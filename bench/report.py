@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_TRANSPORT = {"ssh": "SSH on 127.0.0.1 (one sshd per container, ControlPersist)",
+              "podman": "the podman connection (`podman exec`, no pipelining)"}
 FIRST_TARGET = 2.0
 RERUN_TARGET = 1.5
 
@@ -24,8 +26,11 @@ def rollout_md(sec: dict) -> list[str]:
         "",
         f"Measured {sec['at']}, load average at start {sec['load']}. Fresh containers per N; "
         f"site.yml with `redflag_rollout_serial={sec['serial']}` (all hosts in one batch, as "
-        "the baseline); both playbooks use the repository's ansible.cfg (forks 50) over the "
-        "podman connection. Wall time of `ansible-playbook`, seconds.",
+        "the baseline); both playbooks ship the same prebuilt zipapp "
+        "(`redflag_agent_artifact`), use the repository's ansible.cfg (forks 50, pipelining) "
+        f"and reach the containers over {_TRANSPORT.get(sec.get('transport', 'podman'))}. "
+        "An untimed `ansible -m ping` precedes each timed run. Wall time of "
+        "`ansible-playbook`, seconds; boot = start the containers until systemd (and sshd) run.",
         "",
         "| N | boot | baseline first | role first | ratio (<= 2.0) | baseline re-run | "
         "role re-run | ratio (<= 1.5) | re-run changed | tasks/host role : baseline "
@@ -49,6 +54,13 @@ def rollout_md(sec: dict) -> list[str]:
                 f"{_miss(worst_first, FIRST_TARGET)}. Worst re-run ratio {worst_rerun}x: "
                 f"target {_miss(worst_rerun, RERUN_TARGET)}.",
                 "", "![rollout time against N](rollout.png)"]
+        big = max(sec["rows"], key=lambda r: r["n"])
+        for key, what in (("role_first_slowest", "first converge"),
+                          ("role_rerun_slowest", "re-run")):
+            if big.get(key):
+                tasks = "; ".join(f"{name} {secs:.1f} s" for name, secs in big[key])
+                out += ["", f"Slowest role tasks, {what} at N={big['n']} (profile_tasks, "
+                            f"wall per task across all hosts): {tasks}."]
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import podfleet
 import recap
-from common import REPO, WORK, BenchError, python, run
+from common import REPO, WORK, BenchError, python, run, tool_env
 
 DEVSERVER = REPO / "molecule" / "shared" / "devserver.py"
 SITE = REPO / "playbooks" / "site.yml"
@@ -31,6 +31,10 @@ def inventory(names: list[str], url: str, token_file: Path, artifact: Path,
         "redflag_agent_registration_token":
             "{{ lookup('ansible.builtin.file', '" + str(token_file) + "') }}",
         "rf_bench_artifact": str(artifact),
+        # Both playbooks ship the same prebuilt bytes: the source tree may change between
+        # the first run and the re-run while others work on it.
+        "redflag_agent_artifact": str(artifact),
+        "redflag_agent_version": artifact.name[len("redflag-agent-"):-len(".pyz")],
     }
     if ports:
         hosts = {n: {"ansible_host": "127.0.0.1", "ansible_port": ports[n]} for n in names}
@@ -51,9 +55,11 @@ def inventory(names: list[str], url: str, token_file: Path, artifact: Path,
 
 def _playbook(label: str, inv: Path, playbook: Path, logdir: Path,
               extra: tuple[str, ...] = ()) -> dict:
+    # profile_tasks on both playbooks: per-task times in the logs, same overhead for both.
+    env = dict(tool_env(), ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
     t0 = time.monotonic()
     res = run(["ansible-playbook", "-i", str(inv), str(playbook), *extra],
-              timeout=PLAYBOOK_TIMEOUT_S, check=False)
+              timeout=PLAYBOOK_TIMEOUT_S, check=False, env=env)
     wall = time.monotonic() - t0
     (logdir / f"{label}.log").write_text(res.stdout + res.stderr)
     hosts = recap.parse(res.stdout)
@@ -62,7 +68,8 @@ def _playbook(label: str, inv: Path, playbook: Path, logdir: Path,
         raise BenchError(f"{label}: ansible-playbook exit {res.returncode}, recap {tot}; "
                          f"see {logdir / (label + '.log')}")
     return {"wall_s": round(wall, 2), "changed": tot["changed"], "hosts": len(hosts),
-            "tasks_per_host": round(tot["ok"] / max(1, len(hosts)), 1)}
+            "tasks_per_host": round(tot["ok"] / max(1, len(hosts)), 1),
+            "slowest": recap.task_times(res.stdout)[:6]}
 
 
 def _warm(inv: Path) -> None:
@@ -111,6 +118,7 @@ def one_size(size: int, artifact: Path, serial: str, transport: str) -> dict:
             "role_first_changed": r1["changed"], "role_rerun_changed": r2["changed"],
             "baseline_rerun_changed": b2["changed"],
             "role_tasks_per_host": r1["tasks_per_host"],
+            "role_first_slowest": r1["slowest"], "role_rerun_slowest": r2["slowest"],
             "baseline_tasks_per_host": b1["tasks_per_host"],
             "registered": len(agents), "registered_ok": sorted(hostnames) == sorted(names),
         }

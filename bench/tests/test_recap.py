@@ -45,3 +45,25 @@ def test_no_recap_gives_nothing(text):
 def test_old_recap_without_skipped_columns_defaults_to_zero():
     hosts = recap.parse("PLAY RECAP ***\nh : ok=3 changed=1 unreachable=0 failed=0\n")
     assert hosts["h"]["skipped"] == 0 and hosts["h"]["changed"] == 1
+
+
+PROFILE = """
+PLAY RECAP ***
+h : ok=1 changed=0 unreachable=0 failed=0
+
+TASKS RECAP ********************************************************************
+Saturday 28 November 2026  22:05:25 +0000 (0:00:00.045)       0:01:07.984 *****
+===============================================================================
+redflag_agent : Create the agent directories ---------------------------- 9.15s
+Copy the agent zipapp --------------------------------------------------- 0.75s
+redflag_agent : Start the service (registered, or a token was just embedded) --- 14.15s
+"""
+
+
+def test_task_times_slowest_first():
+    assert recap.task_times(PROFILE) == [
+        ("redflag_agent : Start the service (registered, or a token was just embedded)", 14.15),
+        ("redflag_agent : Create the agent directories", 9.15),
+        ("Copy the agent zipapp", 0.75),
+    ]
+    assert recap.task_times(OUT) == []

@@ -12,13 +12,15 @@ def test_inventory_keeps_the_token_in_its_file(tmp_path):
     token_file = tmp_path / "registration_token"
     token_file.write_text("SECRET-TOKEN\n")
     inv = rollout.inventory(["rf-bench-n2-01", "rf-bench-n2-02"], "http://127.0.0.1:4000",
-                            token_file, tmp_path / "a.pyz")
+                            token_file, tmp_path / "redflag-agent-0.2.0.pyz")
     text = json.dumps(inv)
     assert "SECRET-TOKEN" not in text
     group = inv["all"]["children"]["redflag_agents"]
     assert list(group["hosts"]) == ["rf-bench-n2-01", "rf-bench-n2-02"]
     assert str(token_file) in group["vars"]["redflag_agent_registration_token"]
     assert group["vars"]["ansible_connection"] == "containers.podman.podman"
+    assert group["vars"]["redflag_agent_version"] == "0.2.0"
+    assert group["vars"]["redflag_agent_artifact"] == str(tmp_path / "redflag-agent-0.2.0.pyz")
 
 
 def test_ssh_inventory_reaches_each_host_on_its_loopback_port(tmp_path):
