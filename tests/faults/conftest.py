@@ -15,65 +15,21 @@ from typing import Any, Optional
 
 import pytest
 
-from .reliability import REPORT_ENV, Recorder, Row, write_report
+from .reliability import case, finish, pytest_runtest_makereport
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT_SRC = REPO / "agent_src"
 # another interpreter (e.g. a Python 3.9) can be checked with REDFLAG_TEST_PYTHON
 PYTHON = os.environ.get("REDFLAG_TEST_PYTHON", sys.executable)
-
-RECORDER = Recorder()
-
-
-# --- recording ---------------------------------------------------------------------------
-class Case:
-    """What a test tells the report: `case(...)` once, then `note(...)` for measured numbers."""
-
-    def __init__(self, item: pytest.Item) -> None:
-        self.item = item
-        self.row: Optional[Row] = None
-
-    def __call__(self, case: str, done: str, checked: str) -> Case:
-        self.row = RECORDER.row(case, done, checked)
-        self.item.stash[_ROW] = self.row
-        return self
-
-    def note(self, text: str) -> None:
-        assert self.row is not None, "call case(...) first"  # noqa: S101
-        self.row.notes.append(text)
-
-
-_ROW = pytest.StashKey[Row]()
-_FAILED = pytest.StashKey[bool]()
-
-
-@pytest.fixture
-def case(request) -> Case:
-    return Case(request.node)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.failed or (rep.when == "call" and rep.skipped):
-        item.stash[_FAILED] = True  # a skipped fault case is a failed one here
-    if rep.when == "teardown" and _ROW in item.stash:
-        RECORDER.outcome(item.stash[_ROW], passed=not item.stash.get(_FAILED, False))
+__all__ = ["case", "pytest_runtest_makereport"]  # re-exported for pytest
 
 
 def pytest_sessionfinish(session, exitstatus):
-    target = os.environ.get(REPORT_ENV)
-    if not target or not RECORDER.rows:
-        return
-    path = Path(target)
-    if not path.is_absolute():
-        path = REPO / path
     context = (f"agent run as the unit runs it (`python3 -I redflag-agent.pyz`) with "
                f"{platform.python_implementation()} {platform.python_version()}, "
                f"{platform.system()} {platform.release()}")
-    write_report(path, "unit", "Unit level: real agent CLI, real stand-in server, temporary "
-                 "roots", list(RECORDER.rows.values()), context)
+    finish("unit", "Unit level: real agent CLI, real stand-in server, temporary roots",
+           context, REPO)
 
 
 # --- the agent ---------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 REPORT_ENV = "REDFLAG_RELIABILITY_REPORT"
 
 TITLE = "# Reliability: the fault and abuse suite"
@@ -104,3 +106,52 @@ def write_report(target: os.PathLike[str] | str, suite: str, heading: str, rows:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# --- the pytest side: a `case` fixture and the hooks a suite's conftest re-exports ----------
+RECORDER = Recorder()
+_ROW = pytest.StashKey[Row]()
+_FAILED = pytest.StashKey[bool]()
+
+
+class Case:
+    """What a test tells the report: `case(...)` once, then `note(...)` for measured numbers."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+        self.row: Optional[Row] = None
+
+    def __call__(self, case: str, done: str, checked: str) -> Case:
+        self.row = RECORDER.row(case, done, checked)
+        self.item.stash[_ROW] = self.row
+        return self
+
+    def note(self, text: str) -> None:
+        assert self.row is not None, "call case(...) first"  # noqa: S101
+        self.row.notes.append(text)
+
+
+@pytest.fixture
+def case(request) -> Case:
+    return Case(request.node)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed or (rep.when == "call" and rep.skipped):
+        item.stash[_FAILED] = True  # a skipped fault case is a failed one here
+    if rep.when == "teardown" and _ROW in item.stash:
+        RECORDER.outcome(item.stash[_ROW], passed=not item.stash.get(_FAILED, False))
+
+
+def finish(suite: str, heading: str, context: str, base: Path) -> Optional[Path]:
+    """At session end: rewrite this suite's section when REDFLAG_RELIABILITY_REPORT is set."""
+    target = os.environ.get(REPORT_ENV)
+    if not target or not RECORDER.rows:
+        return None
+    path = Path(target)
+    if not path.is_absolute():
+        path = base / path
+    return write_report(path, suite, heading, list(RECORDER.rows.values()), context)
