@@ -132,12 +132,23 @@ fi
     --host rf-demo-fresh:token --host rf-demo-legacy:token --host rf-demo-notoken
 
 # -- rollout ----------------------------------------------------------------------------
-# A re-run is one against the same containers and the same server URL as the last
-# successful rollout; only then must it change nothing.
-fingerprint=$(for name in "${DEMO_HOSTS[@]}"; do podman container inspect --format '{{.Id}}' "$name"; done
-              printf '%s\n' "$SERVER_URL")
+# A re-run must change nothing when nothing it depends on changed: the same containers,
+# the same server URL (a restarted server gets a new port) and the same agent source.
+fingerprint=$(
+    printf 'containers %s\n' "$(for name in "${DEMO_HOSTS[@]}"; do
+        podman container inspect --format '{{.Id}}' "$name"; done | cut -c1-12 | tr '\n' ' ')"
+    printf 'server_url %s\n' "$SERVER_URL"
+    printf 'agent_source %s\n' "$(cd "$REPO/agent_src" && find redflag_agent -type f -name '*.py' \
+        | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
+)
 rerun=0
-[ "$(cat "$DEMO_DIR/rolled-out" 2>/dev/null || true)" = "$fingerprint" ] && rerun=1
+differs=""
+if [ -s "$DEMO_DIR/rolled-out" ]; then
+    while read -r key _value; do
+        grep -qxF "$(grep "^$key " <<<"$fingerprint")" "$DEMO_DIR/rolled-out" || differs="$differs $key"
+    done <<<"$fingerprint"
+    [ -z "$differs" ] && rerun=1
+fi
 run_no=$(( $(cat "$DEMO_DIR/runs" 2>/dev/null || echo 0) + 1 ))
 printf '%s\n' "$run_no" >"$DEMO_DIR/runs"
 site_log="$LOGS/site-$run_no.log"
@@ -161,8 +172,10 @@ rerun_text=""
 rerun_ok=1
 if [ "$rerun" -eq 1 ]; then
     rerun_text=$("$PY" "$REPO/demo/fleet.py" rerun "$site_log" "${DEMO_HOSTS[@]}") || rerun_ok=0
+elif [ -n "$differs" ]; then
+    rerun_text="changed since the last rollout:$differs; so changes were expected (run 'make demo' again: it must change nothing)"
 else
-    rerun_text="first rollout on these containers: changes expected (run 'make demo' again: it must change nothing)"
+    rerun_text="first rollout: changes expected (run 'make demo' again: it must change nothing)"
 fi
 printf '%s\n' "$fingerprint" >"$DEMO_DIR/rolled-out"
 
