@@ -216,7 +216,9 @@ def judge_host(
                                "been told it migrated (no migrated_from yet)", False)
             return verdict("migrated", f"migrated from {migrated_from}, kept its old identity "
                            f"{agent_id}")
-        return verdict("registered", f"registered as {agent_id}, checking in")
+        checkin = status.get("last_checkin")
+        return verdict("registered", f"registered as {agent_id}, " + (
+            f"last check-in {checkin}" if checkin else "no check-in yet"))
     if status.get("registration_token_present") or token_given:
         reason = status.get("last_error") or status.get("last_exit_reason") or "no error recorded"
         return verdict("problem", f"has a registration token but is not registered: {reason}",

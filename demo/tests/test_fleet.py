@@ -150,7 +150,9 @@ SERVER = [server(FRESH_ID), server(LEGACY_ID, "0.1.18")]
 CASES = [
     # host, status, unit, token_given, agents, legacy id, expected state, ok, text fragment
     ("rf-demo-fresh", status(), ACTIVE, True, SERVER, None,
-     "registered", True, f"registered as {FRESH_ID}"),
+     "registered", True, f"registered as {FRESH_ID}, no check-in yet"),
+    ("rf-demo-fresh", status(last_checkin="2026-11-28T22:04:26Z"), ACTIVE, True, SERVER, None,
+     "registered", True, "last check-in 2026-11-28T22:04:26Z"),
     ("rf-demo-legacy", status(agent_id=LEGACY_ID), ACTIVE, True, SERVER, LEGACY_ID,
      "migrated", True, f"migrated from 0.1.18, kept its old identity {LEGACY_ID}"),
     ("rf-demo-notoken", status(registered=False), STOPPED_78, False, SERVER, None,
