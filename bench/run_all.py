@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="agents beyond the token's seats, all to be refused (default 50)")
     p.add_argument("--jitter", type=float, default=10.0, help="start-up spread, seconds")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: rewrite RESULTS.md and rollout.png from results.json")
     args = p.parse_args(argv)
     if any(n < 1 or n > 50 for n in args.sizes):
         p.error("--sizes: each size must be between 1 and 50")
@@ -105,12 +107,27 @@ def load_previous(path: Path) -> dict:
         return {}
 
 
+def render_only(out: Path) -> int:
+    results = load_previous(out / "results.json")
+    if not results:
+        print(f"run_all: no results in {out / 'results.json'}; run the benchmarks first",
+              file=sys.stderr)
+        return 1
+    (out / "RESULTS.md").write_text(report.markdown(results))
+    if "rollout" in results:
+        report.plot(results["rollout"], out / "rollout.png")
+    print(f"run_all: rewrote {out / 'RESULTS.md'}")
+    return 0
+
+
 def _stop(signum: int, _frame: object) -> None:
     raise SystemExit(f"run_all: stopped by signal {signum}; cleaning up")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args.out)
     WORK.mkdir(parents=True, exist_ok=True)
     # One run at a time: a second one would remove the first one's containers.
     lock = open(WORK / ".run_all.lock", "w")  # noqa: SIM115 (held until exit)

@@ -80,3 +80,18 @@ def test_bad_arguments_are_refused(argv, capsys):
 def test_arguments_parse():
     a = run_all.parse_args(["--only", "storm,agent", "--sizes", "1,5"])
     assert a.only == ["storm", "agent"] and a.sizes == [1, 5]
+
+
+def test_render_only_rewrites_results_from_json(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({
+        "written": "then", "rollout": {"at": "then", "load": "1 1 1", "serial": "100%",
+                                       "transport": "ssh", "rows": [ROW]}}))
+    assert run_all.main(["--render-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "SSH on 127.0.0.1" in md and "| 5 | 3.0 |" in md
+    assert (tmp_path / "rollout.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_only_without_results_says_what_to_do(tmp_path, capsys):
+    assert run_all.main(["--render-only", "--out", str(tmp_path)]) == 1
+    assert "run the benchmarks first" in capsys.readouterr().err
