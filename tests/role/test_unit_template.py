@@ -49,7 +49,7 @@ def directives(text: str) -> dict[str, list[str]]:
         ("ExecStart", "/usr/bin/python3 -I /opt/redflag-agent/current/redflag-agent.pyz run"),
         (
             "ExecStartPre",
-            "+/usr/bin/python3 -I /opt/redflag-agent/current/redflag-agent.pyz migrate",
+            "-+/usr/bin/python3 -I /opt/redflag-agent/current/redflag-agent.pyz migrate",
         ),
         ("ProtectSystem", "strict"),
         ("ReadWritePaths", "/etc/redflag-agent /var/lib/redflag-agent"),
@@ -83,3 +83,15 @@ def test_security_exposure_at_most_3(unit_text, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-500:]
     assert "Overall exposure level" in proc.stdout
+
+
+def test_systemd_parses_every_line(unit_text, tmp_path):
+    # verify exits 0 even for unknown keys, so any output at all is a finding.
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed for this check: apt-get install systemd"
+    path = tmp_path / "redflag-agent.service"
+    path.write_text(unit_text)
+    proc = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, check=False
+    )
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
