@@ -208,6 +208,18 @@ for name in "${DEMO_HOSTS[@]}"; do
         -p ActiveState -p SubState -p ExecMainStatus >"$FACTS/$name.unit" 2>/dev/null || true
 done
 
+# The demo's own check that no secret reached its logs (and so its output, which they copy).
+for secret_file in "$TOKEN_FILE" "$SERVER_DIR/legacy_seed_token"; do
+    if [ -s "$secret_file" ] && grep -rqF -f "$secret_file" "$LOGS"; then
+        die "a registration token appears in .demo/logs; it must never be logged" \
+            "run 'grep -rlF -f $secret_file .demo/logs' to find where, and report it"
+    fi
+done
+if grep -rqE 'eyJ[A-Za-z0-9_-]{8,}\.eyJ' "$LOGS"; then
+    die "an access token (JWT) appears in .demo/logs; it must never be logged" \
+        "run \"grep -rlE 'eyJ[A-Za-z0-9_-]{8,}\\.eyJ' .demo/logs\" to find where, and report it"
+fi
+
 echo
 say "summary"
 summary_ok=1
