@@ -24,6 +24,19 @@ BACKUP_DIR = STATE_DIR + "/migration_backups"
 LEGACY_DIRS = ("/etc/aggregator", "/var/lib/aggregator")
 
 
+def container(inventory_name: str) -> str:
+    """The podman container (and host name) behind an inventory host (shared/create.yml)."""
+    return f"rf-{os.environ['MOLECULE_SCENARIO_NAME']}-{inventory_name}"
+
+
+def inventory_name(host) -> str:
+    """The inventory name of a test host, as play recaps and gate messages show it."""
+    hostname = host.check_output("hostname")
+    prefix = container("")
+    assert hostname.startswith(prefix), f"{hostname} is not a container of this scenario"
+    return hostname[len(prefix) :]
+
+
 def state_dir() -> Path:
     """The scenario's stand-in server directory (see shared/create.yml)."""
     eph = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")

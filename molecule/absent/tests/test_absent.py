@@ -28,7 +28,7 @@ def test_installed_and_registered(host, installed):
 def test_absent_removes_and_deregisters(host, installed):
     rc, _out, recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
     assert rc == 0, "converge with state absent failed; see playbook-runs.log"
-    assert recap[host.check_output("hostname")]["changed"] > 0
+    assert recap[rfcheck.inventory_name(host)]["changed"] > 0
     for path in (*UNIT_PATHS, "/opt/redflag-agent", "/etc/redflag-agent"):
         assert not host.file(path).exists, f"{path} still exists"
     load = rfcheck.run_ok(host, "systemctl show redflag-agent.service -p LoadState --value")
@@ -44,7 +44,7 @@ def test_absent_removes_and_deregisters(host, installed):
 def test_absent_again_changes_nothing(host):
     rc, _out, recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
     assert rc == 0
-    assert recap[host.check_output("hostname")]["changed"] == 0
+    assert recap[rfcheck.inventory_name(host)]["changed"] == 0
 
 
 def test_purge_removes_state_and_user(host):
@@ -52,7 +52,7 @@ def test_purge_removes_state_and_user(host):
         CONVERGE, {"redflag_agent_state": "absent", "redflag_agent_purge": True}
     )
     assert rc == 0
-    assert recap[host.check_output("hostname")]["changed"] > 0
+    assert recap[rfcheck.inventory_name(host)]["changed"] > 0
     assert not host.file(rfcheck.STATE_DIR).exists
     assert not host.user("redflag-agent").exists
     assert not host.group("redflag-agent").exists

@@ -29,7 +29,7 @@ def _snapshot(host) -> str:
 
 def test_check_on_fresh_host_errors_nothing_and_changes_nothing(host):
     rc, _out, recap = rfcheck.run_playbook(CONVERGE, check=True)
-    stats = recap[host.check_output("hostname")]
+    stats = recap[rfcheck.inventory_name(host)]
     assert rc == 0, "check mode on a fresh host failed; see playbook-runs.log"
     assert stats["failed"] == 0
     for path in FOOTPRINT:
@@ -47,7 +47,7 @@ def test_converge_for_real(host):
 def test_check_on_converged_host_reports_no_changes(host):
     before = _snapshot(host)
     rc, _out, recap = rfcheck.run_playbook(CONVERGE, check=True)
-    stats = recap[host.check_output("hostname")]
+    stats = recap[rfcheck.inventory_name(host)]
     assert rc == 0, "check mode on a converged host failed; see playbook-runs.log"
     assert (stats["failed"], stats["changed"]) == (0, 0)
     assert _snapshot(host) == before, "check mode touched the host"

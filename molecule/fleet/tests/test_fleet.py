@@ -15,7 +15,7 @@ import testinfra
 
 def _host(name: str):
     """Each test names the host it is about: the hosts have different expectations."""
-    return testinfra.get_host("podman://" + name)
+    return testinfra.get_host("podman://" + rfcheck.container(name))
 
 
 @pytest.fixture(scope="module")
@@ -74,4 +74,4 @@ def test_third_host_untouched():
 
 def test_server_has_only_the_first_host():
     agents = rfcheck.server_agents()
-    assert [a["hostname"] for a in agents] == ["fleet-1"]
+    assert [a["hostname"] for a in agents] == [rfcheck.container("fleet-1")]

@@ -9,10 +9,11 @@ CONVERGE = "molecule/shared/converge.yml"
 
 def test_converge_with_token_registers_and_starts(host):
     rc, output, recap = rfcheck.run_playbook(CONVERGE, {"rf_token_name": "registration_token"})
-    hostname = host.check_output("hostname")
+    hostname = rfcheck.inventory_name(host)
     assert rc == 0, "converge with a token failed; see playbook-runs.log in the ephemeral dir"
     assert recap[hostname]["changed"] > 0
     assert recap[hostname]["failed"] == 0
+    hostname = host.check_output("hostname")
     status = rfcheck.wait_for(lambda: rfcheck.checked_in_status(host), 30, what="a check-in")
     assert status["registered"] is True
     assert host.service("redflag-agent").is_running
@@ -25,7 +26,7 @@ def test_converge_with_token_registers_and_starts(host):
 
 def test_second_converge_with_token_changes_nothing(host):
     rc, _output, recap = rfcheck.run_playbook(CONVERGE, {"rf_token_name": "registration_token"})
-    hostname = host.check_output("hostname")
+    hostname = rfcheck.inventory_name(host)
     assert rc == 0
     assert recap[hostname]["changed"] == 0, "not idempotent after enrolling"
     assert len(rfcheck.server_agents()) == 1

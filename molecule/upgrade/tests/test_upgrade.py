@@ -24,7 +24,7 @@ def _converge(host, version: str) -> tuple[int, int]:
     )
     assert rc == 0, f"converge to {version} failed; see playbook-runs.log in the ephemeral dir"
     after = rfcheck.unit_props(host, "InvocationID")["InvocationID"]
-    return recap[host.check_output("hostname")]["changed"], int(before != after)
+    return recap[rfcheck.inventory_name(host)]["changed"], int(before != after)
 
 
 def _assert_running(host, version: str, agent_id: str) -> None:
