@@ -114,7 +114,8 @@ fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 with os.fdopen(fd, "w") as fh:
     fh.write("---\nrf_server_url: %s\nrf_state_dir: %s\n" % (json.dumps(url), json.dumps(state)))
 EOF
-    printf -- '---\nall:\n  hosts:\n    rf-demo-legacy:\n      ansible_connection: containers.podman.podman\n      ansible_python_interpreter: /usr/bin/python3\n' \
+    # prepare.yml names each host by ansible_host (the container, whose hostname it is).
+    printf -- '---\nall:\n  hosts:\n    rf-demo-legacy:\n      ansible_host: rf-demo-legacy\n      ansible_connection: containers.podman.podman\n      ansible_python_interpreter: /usr/bin/python3\n' \
         >"$LEGACY_PREP/inventory.yml"
     MOLECULE_PROJECT_DIRECTORY="$REPO" ansible-playbook -i "$LEGACY_PREP/inventory.yml" \
         -e "molecule_ephemeral_directory=$LEGACY_PREP" "$REPO/molecule/legacy/prepare.yml" \
