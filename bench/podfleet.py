@@ -4,6 +4,7 @@ start with PREFIX are ever touched, so other people's containers are safe."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ IMAGE = "localhost/redflag-debian12-systemd:latest"
 SSHD_FILE = BENCH / "images" / "Containerfile.sshd"
 SSH_DIR = WORK / "ssh"
 BOOT_TIMEOUT_S = 180
+INOTIFY_PER_CONTAINER = 6  # systemd, journald, logind, dbus... measured: 20 containers use ~120
 
 
 def _check_ours(names: list[str]) -> None:
@@ -122,11 +124,40 @@ def _wait_booted(name: str) -> str:
         time.sleep(0.2)
 
 
+def inotify_instances_in_use() -> int:
+    """inotify instances held by processes we can see (all root's on this machine)."""
+    count = 0
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            count += sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+        except OSError:
+            continue  # the process went away or is not ours
+    return count
+
+
+def inotify_shortfall(limit: int, in_use: int, containers: int) -> int:
+    """Pure: how many inotify instances are missing for that many more containers."""
+    return max(0, in_use + containers * INOTIFY_PER_CONTAINER - limit)
+
+
+def check_inotify(containers: int) -> None:
+    """systemd in a container that finds no inotify instance left hangs at boot; say why."""
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    missing = inotify_shortfall(limit, inotify_instances_in_use(), containers)
+    if missing:
+        raise BenchError(
+            f"{containers} systemd containers need about {containers * INOTIFY_PER_CONTAINER} "
+            f"inotify instances, {missing} more than fs.inotify.max_user_instances={limit} "
+            "leaves free; their systemd would hang at boot. Raise it (as root): "
+            "sysctl -w fs.inotify.max_user_instances=1024")
+
+
 def create(names: list[str], image: str = IMAGE,
            ports: dict[str, int] | None = None) -> float:
     """Start the containers (with sshd on the given loopback ports, when given) and wait
     until systemd, and sshd, run in each; returns seconds taken."""
     _check_ours(names)
+    check_inotify(len(names))
     t0 = time.monotonic()
     # podman itself serialises on its lock; two workers keep the 2-core machine responsive.
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -45,6 +45,16 @@ def test_podfleet_touches_only_its_own_containers():
         podfleet.remove(["rf-bench-n1-01", "instance"])
 
 
+@pytest.mark.parametrize(("limit", "in_use", "containers", "missing"), [
+    (128, 26, 20, 18), (128, 26, 10, 0), (1024, 300, 20, 0), (128, 128, 1, 6)])
+def test_inotify_shortfall(limit, in_use, containers, missing):
+    assert podfleet.inotify_shortfall(limit, in_use, containers) == missing
+
+
+def test_inotify_instances_are_counted():
+    assert podfleet.inotify_instances_in_use() >= 0
+
+
 ROW = {"n": 5, "serial": "100%", "boot_s": 3.0, "baseline_first_s": 10.0,
        "role_first_s": 15.0, "baseline_rerun_s": 8.0, "role_rerun_s": 16.0,
        "role_first_changed": 50, "role_rerun_changed": 0, "baseline_rerun_changed": 0,
