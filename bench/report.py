@@ -37,7 +37,9 @@ def rollout_md(sec: dict) -> list[str]:
         "| registered |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sec["rows"]:
+    errors = [r for r in sec["rows"] if "error" in r]
+    rows = [r for r in sec["rows"] if "error" not in r]
+    for r in rows:
         out.append(
             f"| {r['n']} | {r['boot_s']} | {r['baseline_first_s']} | {r['role_first_s']} | "
             f"{r['first_ratio']} {_yes(r['first_ratio'] <= FIRST_TARGET)} | "
@@ -46,15 +48,17 @@ def rollout_md(sec: dict) -> list[str]:
             f"{r['role_rerun_changed']} {_yes(r['role_rerun_changed'] == 0)} | "
             f"{r['role_tasks_per_host']} : {r['baseline_tasks_per_host']} | "
             f"{r['registered']}/{r['n']} {_yes(r['registered_ok'])} |")
-    if sec["rows"]:
-        worst_first = max(r["first_ratio"] for r in sec["rows"])
-        worst_rerun = max(r["rerun_ratio"] for r in sec["rows"])
+    for r in errors:
+        out.append(f"| {r['n']} | **failed**: {r['error'].splitlines()[0]} |" + " |" * 9)
+    if rows:
+        worst_first = max(r["first_ratio"] for r in rows)
+        worst_rerun = max(r["rerun_ratio"] for r in rows)
         out += ["",
                 f"Worst first-converge ratio {worst_first}x: target "
                 f"{_miss(worst_first, FIRST_TARGET)}. Worst re-run ratio {worst_rerun}x: "
                 f"target {_miss(worst_rerun, RERUN_TARGET)}.",
                 "", "![rollout time against N](rollout.png)"]
-        big = max(sec["rows"], key=lambda r: r["n"])
+        big = max(rows, key=lambda r: r["n"])
         for key, what in (("role_first_slowest", "first converge"),
                           ("role_rerun_slowest", "re-run")):
             if big.get(key):
@@ -149,7 +153,7 @@ def plot(rollout: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    rows = sorted(rollout["rows"], key=lambda r: r["n"])
+    rows = sorted((r for r in rollout["rows"] if "error" not in r), key=lambda r: r["n"])
     ns = [r["n"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.4))
     for key, label, style, color in (

@@ -142,7 +142,13 @@ def bench(sizes: list[int], artifact: Path, serial: str, transport: str = "ssh",
     rows = []
     for size in sizes:
         log(f"rollout: N={size} over {transport} ...")
-        row = one_size(size, artifact, serial, transport)
+        try:
+            row = one_size(size, artifact, serial, transport)
+        except BenchError as exc:
+            # Keep the other sizes' figures; the report shows what failed here.
+            log(f"rollout: N={size} failed: {exc}")
+            rows.append({"n": size, "error": str(exc)})
+            continue
         row.update(ratios(row))
         log(f"rollout: N={size}: first {row['role_first_s']} s vs {row['baseline_first_s']} s"
             f" ({row['first_ratio']}x), re-run {row['role_rerun_s']} s vs "

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
           f"see {args.out / 'RESULTS.md'}")
     failed = [r for r in results.get("storm", {}).get("runs", []) if not r["ok"]]
     failed += [r for r in results.get("rollout", {}).get("rows", [])
-               if r["role_rerun_changed"] != 0 or not r["registered_ok"]]
+               if "error" in r or r["role_rerun_changed"] != 0 or not r["registered_ok"]]
     return 1 if failed else 0
 
 

@@ -105,3 +105,14 @@ def test_render_only_rewrites_results_from_json(tmp_path):
 def test_render_only_without_results_says_what_to_do(tmp_path, capsys):
     assert run_all.main(["--render-only", "--out", str(tmp_path)]) == 1
     assert "run the benchmarks first" in capsys.readouterr().err
+
+
+def test_a_failed_size_is_shown_and_the_others_kept(tmp_path):
+    sec = {"at": "now", "load": "1 1 1", "serial": "100%",
+           "rows": [ROW, {"n": 20, "error": "podman exec rf-bench-n20-19 ... timed out\nmore"}]}
+    md = report.markdown({"rollout": sec})
+    assert "| 20 | **failed**: podman exec rf-bench-n20-19 ... timed out |" in md
+    assert "| 5 | 3.0 |" in md
+    assert "Worst first-converge ratio 1.5x" in md  # from the sizes that ran
+    report.plot(sec, tmp_path / "p.png")
+    assert (tmp_path / "p.png").exists()
