@@ -148,6 +148,32 @@ def parse_config_bytes(data: bytes, path: Optional[PathLike] = None) -> dict[str
     return cfg
 
 
+# Go agents wrote time.Duration fields as integer nanoseconds (30 s = 30000000000); no
+# sane timeout is a million seconds, so a value that large is read as nanoseconds.
+_GO_DURATION_MIN_NS = 1_000_000
+MAX_NETWORK_SECONDS = 3600.0
+DURATION_FIELDS = ("timeout", "retry_delay")
+
+
+def duration_seconds(value: Any) -> float:
+    """Pure: a network duration in seconds, from seconds or Go nanoseconds."""
+    seconds = float(value)
+    if seconds >= _GO_DURATION_MIN_NS:
+        seconds /= 1e9
+    return seconds
+
+
+def _check_durations(cfg: dict[str, Any], path: Optional[PathLike]) -> None:
+    network = cfg.get("network")
+    if not isinstance(network, dict):
+        return
+    for key in DURATION_FIELDS:
+        if key in network and not 0 < duration_seconds(network[key]) <= MAX_NETWORK_SECONDS:
+            raise ConfigError(f"{_where(path)}: field network.{key} must be between 0 and "
+                              f"{MAX_NETWORK_SECONDS:.0f} seconds (or Go nanoseconds), found "
+                              f"{network[key]!r}; {_fix_hint(path)}")
+
+
 def validate(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
     """Raise ConfigError naming the first field of a wrong type."""
     where = _where(path)
@@ -172,6 +198,7 @@ def validate(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
             if key in sub and not ok(sub[key]):
                 raise ConfigError(f"{where}: field {section}.{key} must be {expected}, found "
                                   f"{_describe(sub[key])}; {_fix_hint(path)}")
+    _check_durations(cfg, path)
 
 
 def _describe(value: Any) -> str:

@@ -48,8 +48,8 @@ def make_client(cfg: dict[str, Any]) -> Client:
     from .client import Client  # noqa: PLC0415 - see the note on imports above
 
     network = cfg.get("network") if isinstance(cfg.get("network"), dict) else {}
-    timeout = network.get("timeout") or 30  # type: ignore[union-attr]
-    return Client(str(cfg["server_url"]), timeout=float(timeout),
+    timeout = cfgmod.duration_seconds(network.get("timeout") or 30)  # type: ignore[union-attr]
+    return Client(str(cfg["server_url"]), timeout=timeout,
                   proxy=cfg.get("proxy") if isinstance(cfg.get("proxy"), dict) else None,
                   tls=cfg.get("tls") if isinstance(cfg.get("tls"), dict) else None)
 
