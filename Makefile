@@ -64,7 +64,7 @@ molecule: venv image  ## every Molecule scenario on systemd containers
 test: lint unit molecule  ## everything CI runs
 
 .PHONY: demo
-demo: venv image  ## stand-in server + 3-host demo fleet, rolled out by playbooks/site.yml
+demo: venv system-deps  ## stand-in server + 3-host demo fleet, rolled out by playbooks/site.yml
 	bash demo/demo.sh
 
 .PHONY: demo-clean
