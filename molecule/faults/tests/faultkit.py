@@ -23,11 +23,18 @@ def snapshot(host, *paths: str) -> str:
 
 def wait_settled(host, timeout: float = 60) -> dict[str, str]:
     """Until the unit is neither starting nor running; returns its final properties."""
+    seen: list[dict[str, str]] = []
+
     def done():
         props = rfcheck.unit_props(host, "ActiveState", "SubState", "ExecMainStatus",
                                    "NRestarts", "Result", "ExecMainExitTimestampMonotonic")
+        seen[:] = [props]
         return props if props["ActiveState"] in ("inactive", "failed") else None
-    return rfcheck.wait_for(done, timeout, interval=0.3, what="the unit to stop")
+    try:
+        return rfcheck.wait_for(done, timeout, interval=0.3, what="the unit to stop")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {seen}; journal tail: "
+                             f"{rfcheck.journal_text(host)[-1500:]}") from None
 
 
 def past_restart_sec(host) -> dict[str, str]:
