@@ -65,7 +65,8 @@ class SecretScan:
         local = workdir / "secret-pattern"
         local.write_text(secret + "\n")
         local.chmod(0o600)
-        name = host.check_output("hostname")
+        # the container's name (rf-<scenario>-<host>), as the podman backend knows it
+        name = getattr(host.backend, "name", None) or host.check_output("hostname")
         subprocess.run(["podman", "cp", str(local), f"{name}:{PATTERN}"], check=True)
         local.unlink()
         host.run(f"chmod 600 {PATTERN}")
