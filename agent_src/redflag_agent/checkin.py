@@ -135,7 +135,7 @@ class Agent:
             raise TokenRejected(
                 f"the server rejected the refresh token of agent {self.agent_id} "
                 f"({getattr(exc, 'message', '') or exc}). Fix: re-enroll this host: run the "
-                "playbook with redflag_agent_reregister=true and a fresh "
+                "playbook with redflag_agent_force_reregister=true and a fresh "
                 "redflag_agent_registration_token (or `redflag-agent register`)") from None
         with self.term.shielded(), cfgmod.config_lock(self.paths):
             on_disk = cfgmod.read_config(self.paths.config_file)
@@ -154,6 +154,13 @@ class Agent:
             return call(str(token))
         except Unauthorized:
             self.log.info("access token refused (401); renewing")
+        except NotFound as exc:
+            # The server deleted this agent: retrying until the JWT lapses would only loop.
+            raise TokenRejected(
+                f"the server does not know agent {self.agent_id} any more "
+                f"({exc.message or exc}). Fix: re-enroll this host: run the playbook with "
+                "redflag_agent_force_reregister=true and a fresh "
+                "redflag_agent_registration_token (or `redflag-agent register`)") from None
         token = self.renew()
         try:
             return call(token)

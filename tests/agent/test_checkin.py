@@ -121,3 +121,15 @@ def test_loop_backs_off_through_outage_then_checks_in(tmp_root, fake_server, cap
     assert "retry 3 in" in caplog.text
     state = read_state(tmp_root)
     assert state["last_error"] is None and state["last_checkin"]
+
+
+def test_check_in_404_agent_deleted_is_token_rejected_not_a_retry(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (404, {"error": "agent not found"}))
+    agent = make_agent(tmp_root, fake_server)
+    before = tmp_root.config_file.read_bytes()
+    with pytest.raises(TokenRejected, match="does not know agent") as exc:
+        agent.check_in_once()
+    assert "redflag_agent_force_reregister" in str(exc.value)
+    assert len(fake_server.seen("GET", CMDS)) == 1
+    assert fake_server.seen("POST", RENEW) == []
+    assert tmp_root.config_file.read_bytes() == before
