@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     store = args.out / "results.json"
     results = load_previous(store)
     results["machine"] = machine()
-    results["command"] = "bench/run_all.py " + " ".join(shlex.quote(a) for a in (argv or
-                                                                                sys.argv[1:]))
+    given = sys.argv[1:] if argv is None else argv
+    results["command"] = " ".join(["bench/run_all.py", *(shlex.quote(a) for a in given)])
     try:
         pyz = build_zipapp(WORK / "dist")
         for part in (p for p in PARTS if p in args.only):
