@@ -77,6 +77,8 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 
 .PHONY: bench
 bench: venv image $(BIN)/.bench-installed  ## benchmarks: rollout, re-run, agent start-up, registration storm
+	@# 20 systemd containers need more inotify instances than the default 128.
+	@if [ "$$(sysctl -n fs.inotify.max_user_instances)" -lt 1024 ]; then sysctl -qw fs.inotify.max_user_instances=1024; fi
 	$(BIN)/python bench/run_all.py
 
 .PHONY: clean
