@@ -71,12 +71,8 @@ demo: venv system-deps  ## stand-in server + 3-host demo fleet, rolled out by pl
 demo-clean:  ## remove every container, image, process and file the demo made
 	bash demo/clean.sh
 
-$(BIN)/.bench-installed: $(BIN)/.installed
-	$(BIN)/pip install -q -e '.[dev,bench]'
-	@touch $@
-
 .PHONY: bench
-bench: venv image $(BIN)/.bench-installed  ## benchmarks: rollout, re-run, agent start-up, registration storm
+bench: venv image  ## benchmarks: rollout, re-run, agent start-up, registration storm
 	@# 20 systemd containers need more inotify instances than the default 128.
 	@if [ "$$(sysctl -n fs.inotify.max_user_instances)" -lt 1024 ]; then sysctl -qw fs.inotify.max_user_instances=1024; fi
 	$(BIN)/python bench/run_all.py
