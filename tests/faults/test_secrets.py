@@ -39,12 +39,14 @@ def test_the_scanner_finds_a_planted_secret():
     canary = "canary-" + os.urandom(8).hex()
     planted = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", canary],
                                env={"CANARY": canary})
+    wanted = {f"{planted.pid}/cmdline", f"{planted.pid}/environ"}
     try:
-        hits = proc_hits(canary.encode())
+        # Right after fork the child still shows the parent's argv until it has exec'd.
+        wait_until(lambda: wanted <= set(proc_hits(canary.encode())), timeout=10,
+                   what="the planted canary in the child's argv and environment")
     finally:
         planted.kill()
         planted.wait()
-    assert f"{planted.pid}/cmdline" in hits and f"{planted.pid}/environ" in hits
 
 
 def test_token_never_leaks(agent, devserver, case):
