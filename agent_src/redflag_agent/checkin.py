@@ -154,13 +154,6 @@ class Agent:
             return call(str(token))
         except Unauthorized:
             self.log.info("access token refused (401); renewing")
-        except NotFound as exc:
-            # The server deleted this agent: retrying until the JWT lapses would only loop.
-            raise TokenRejected(
-                f"the server does not know agent {self.agent_id} any more "
-                f"({exc.message or exc}). Fix: re-enroll this host: run the playbook with "
-                "redflag_agent_force_reregister=true and a fresh "
-                "redflag_agent_registration_token (or `redflag-agent register`)") from None
         token = self.renew()
         try:
             return call(token)
@@ -176,7 +169,16 @@ class Agent:
 
     def check_in_once(self) -> list[dict[str, Any]]:
         body = self.metrics_body()
-        answer = self.authed(lambda jwt: self.client.check_in(self.agent_id, jwt, body))
+        try:
+            answer = self.authed(lambda jwt: self.client.check_in(self.agent_id, jwt, body))
+        except NotFound as exc:
+            # The server deleted this agent: retrying until the JWT lapses would only loop.
+            # (unregister handles its own 404: there it means "already gone".)
+            raise TokenRejected(
+                f"the server does not know agent {self.agent_id} any more "
+                f"({exc.message or exc}). Fix: re-enroll this host: run the playbook with "
+                "redflag_agent_force_reregister=true and a fresh "
+                "redflag_agent_registration_token (or `redflag-agent register`)") from None
         rapid = answer.get("rapid_polling")
         if isinstance(rapid, dict):
             self._rapid = (bool(rapid.get("enabled")), parse_until(rapid.get("until")))

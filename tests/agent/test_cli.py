@@ -340,3 +340,15 @@ def test_unregister(tmp_root, agent_env, fake_server):
 def test_version(tmp_root, agent_env):
     res = cli(tmp_root, agent_env, "version")
     assert res.returncode == 0 and res.stdout.strip() == "0.2.0"
+
+
+def test_unregister_of_an_agent_the_server_already_deleted_clears_it_locally(
+        tmp_root, agent_env, fake_server):
+    write_config(tmp_root, registered_cfg(fake_server.url, machine_id="keep"))
+    fake_server.on("DELETE", f"/api/v1/agents/{AID}", (404, {"error": "agent not found"}))
+    res = cli(tmp_root, agent_env, "unregister", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["server_knew"] is False
+    cfg = json.loads(tmp_root.config_file.read_text())
+    assert "agent_id" not in cfg and "refresh_token" not in cfg and cfg["machine_id"] == "keep"
+    assert_no_secrets(res.stdout, res.stderr)
