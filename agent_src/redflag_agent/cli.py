@@ -188,7 +188,7 @@ def _lock_for_register(paths: Paths) -> Any:
 def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
     from . import registration  # noqa: PLC0415
     from .client import ClientError  # noqa: PLC0415
-    from .runner import make_client  # noqa: PLC0415
+    from .runner import make_client, migrated_from_metadata  # noqa: PLC0415
 
     try:
         # re-read under the lock: an instance that just stopped may have registered
@@ -212,7 +212,7 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
             return EX_CONFIG
         client = make_client(cfg)
         new_cfg = registration.perform(client, paths, token, cfg, log,
-                                       migrated_from=_migrated_from(paths))
+                                       migrated_from=migrated_from_metadata(paths, log))
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
@@ -227,15 +227,6 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
         return EX_UNAVAILABLE
     print(f"registered as agent {new_cfg['agent_id']}")
     return EX_OK
-
-
-def _migrated_from(paths: Paths) -> Optional[str]:
-    try:
-        from . import migration  # noqa: PLC0415
-
-        return migration.migrated_from(paths)
-    except Exception:
-        return None
 
 
 # --- unregister --------------------------------------------------------------------------

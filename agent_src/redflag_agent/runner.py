@@ -54,7 +54,7 @@ def make_client(cfg: dict[str, Any]) -> Client:
                   tls=cfg.get("tls") if isinstance(cfg.get("tls"), dict) else None)
 
 
-def _migrated_from(paths: Paths, log: logging.Logger) -> Optional[str]:
+def migrated_from_metadata(paths: Paths, log: logging.Logger) -> Optional[str]:
     from . import migration  # noqa: PLC0415 - the one subpackage the runner may defer
     try:
         return migration.migrated_from(paths)
@@ -169,7 +169,7 @@ class Runner:
             return EX_CONFIG
         self._ensure_state_dir_locked()
         self.status = StatusFile(self.paths, self.log)
-        migrated_from = _migrated_from(self.paths, self.log)
+        migrated_from = migrated_from_metadata(self.paths, self.log)
         from .checkin import Agent  # noqa: PLC0415 - see the note on imports above
 
         try:
