@@ -39,8 +39,8 @@ def config_module() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def outcome_module() -> ModuleType:
-    return load_source("redflag_agent_outcome", ROLE / "library" / "redflag_agent_outcome.py")
+def service_module() -> ModuleType:
+    return load_source("redflag_agent_service", ROLE / "library" / "redflag_agent_service.py")
 
 
 @pytest.fixture(scope="session")

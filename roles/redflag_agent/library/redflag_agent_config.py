@@ -1,9 +1,14 @@
 #!/usr/bin/python
-"""Ansible module: merge role settings into the agent's config.json via the agent itself.
+"""Ansible module: everything the role asks of the agent before the service starts.
 
-The agent owns the schema and the merge (`redflag-agent config apply`); this module only
-hands it the desired settings on stdin (the token never goes on argv) and reports its
-answer: changed, created, changed_keys and a diff in which the agent has redacted secrets.
+1. `status --json`: what the agent knows (registered? legacy data to migrate?).
+2. `migrate --json` when the agent reports pending migrations (the agent moves legacy
+   data; the role never does). A dry run in check mode.
+3. The enrollment decision, `decide_enrollment()` below: THE place the role decides
+   whether a host enrolls, from the agent's own status, never from files.
+4. `config apply`: the agent owns the schema and the merge; this module hands it the
+   settings on stdin (the token never goes on argv) and reports changed, created,
+   changed_keys and a diff in which the agent has redacted secrets.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: redflag_agent_config
-short_description: Apply desired settings to the RedFlag agent's config.json
+short_description: Migrate, decide enrollment and apply settings to the RedFlag agent's config.json
 description:
-  - Runs C(python3 -I PYZ config apply --json) (with C(--check) in check mode) with the
-    desired settings as JSON on stdin and returns the agent's answer.
+  - Reads C(python3 -I PYZ status --json); runs C(migrate --json) when migrations are pending
+    (C(--dry-run) in check mode); decides whether the host enrolls (not registered, or
+    I(force_reregister)); runs C(config apply --json) (with C(--check) in check mode) with the
+    desired settings, and the token only when enrolling, as JSON on stdin.
   - When the agent is not installed yet in check mode, reports that config.json would be created.
 options:
   python:
@@ -30,11 +37,11 @@ options:
     type: dict
     required: true
   registration_token:
-    description: Registration token to embed; empty or omitted embeds none.
+    description: Registration token, embedded only when the host enrolls.
     type: str
     default: ""
-  reregister:
-    description: Drop the agent identity so it enrolls again with the token.
+  force_reregister:
+    description: Enroll even when registered (drops the agent identity; needs a token).
     type: bool
     default: false
 """
@@ -53,17 +60,64 @@ path:
   description: The config file.
   type: str
   returned: when the agent answered
+migrated:
+  description: Migration phases done (in check mode, the phases that would run).
+  type: list
+  elements: str
+  returned: always
+status:
+  description: The agent's status before config apply (after the migration); never a token.
+  type: dict
+  returned: always
+enroll:
+  description: The host enrolls (not registered, or force_reregister).
+  type: bool
+  returned: always
+token_embedded:
+  description: The registration token was handed to config apply.
+  type: bool
+  returned: always
 """
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
+
+NOT_INSTALLED = {"registered": False, "installed": False, "migrations_pending": []}
 
 
 class ApplyError(Exception):
     """The agent refused or failed; the message says why and what to do."""
+
+
+class Enrollment(NamedTuple):
+    enroll: bool  # the host should (re-)register
+    embed_token: bool  # the token goes into config.json
+    reregister: bool  # the agent drops its identity first
+
+
+def decide_enrollment(registered: bool, force_reregister: bool, token_given: bool) -> Enrollment:
+    """THE enrollment decision: enroll when the agent says it is not registered, or when
+    the operator forces it. The token is embedded only then, so a registered host never
+    gets a token written again (and never re-registers by accident)."""
+    enroll = bool(force_reregister) or not registered
+    return Enrollment(enroll, enroll and token_given, bool(force_reregister) and token_given)
+
+
+def parse_json_answer(what: str, rc: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """The agent's JSON answer, or ApplyError naming the command and its output."""
+    detail = (stderr or stdout or "").strip()[:600]
+    if rc != 0:
+        raise ApplyError(f"redflag-agent {what} exited {rc}: {detail or 'no output'}")
+    try:
+        answer = json.loads(stdout)
+    except ValueError as exc:
+        raise ApplyError(f"redflag-agent {what} printed no JSON ({exc}): {detail}") from exc
+    if not isinstance(answer, dict):
+        raise ApplyError(f"redflag-agent {what} answered {type(answer).__name__}, not an object")
+    return answer
 
 
 def build_payload(settings: dict[str, Any], registration_token: str, reregister: bool) -> str:
@@ -120,7 +174,48 @@ def not_installed_result(pyz: str) -> dict[str, Any]:
         "changed_keys": [],
         "agent_diff": "",
         "msg": f"{pyz} is not installed yet; config.json would be created",
+        "migrated": [],
+        "status": dict(NOT_INSTALLED),
     }
+
+
+MIGRATION_FAILED = (
+    "The agent's migration failed and the config is unusable: {detail}. Legacy data and "
+    "backups are kept under /etc/aggregator, /var/lib/aggregator and "
+    "/var/lib/redflag-agent/migration_backups; fix the cause named above and re-run."
+)
+
+
+class Agent:
+    """Runs the agent's CLI; the token only ever goes to `config apply` on stdin."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.base = [module.params["python"], "-I", module.params["pyz"]]
+
+    def call(self, args: list[str]) -> tuple[int, str, str]:
+        return self.module.run_command(self.base + args, environ_update={"LC_ALL": "C.UTF-8"})
+
+    def apply(self, payload: str) -> tuple[int, str, str]:
+        return self.module.run_command(
+            build_argv(self.base[0], self.base[2], self.module.check_mode),
+            data=payload,
+            binary_data=True,
+            environ_update={"LC_ALL": "C.UTF-8"},
+        )
+
+    def status(self) -> dict[str, Any]:
+        rc, out, err = self.call(["status", "--json"])
+        return parse_json_answer("status --json", rc, out, err)
+
+    def migrate(self, dry_run: bool) -> list[str]:
+        args = ["migrate"] + (["--dry-run"] if dry_run else []) + ["--json"]
+        rc, out, err = self.call(args)
+        try:
+            answer = parse_json_answer("migrate", rc, out, err)
+        except ApplyError as exc:
+            raise ApplyError(MIGRATION_FAILED.format(detail=exc)) from exc
+        return [str(x) for x in answer.get("phases" if dry_run else "phases_done") or []]
 
 
 def main() -> None:
@@ -130,35 +225,55 @@ def main() -> None:
             "pyz": {"type": "path", "required": True},
             "settings": {"type": "dict", "required": True},
             "registration_token": {"type": "str", "default": "", "no_log": True},
-            "reregister": {"type": "bool", "default": False},
+            "force_reregister": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     params = module.params
+    token = params["registration_token"] or ""
+    if params["force_reregister"] and not token:
+        module.fail_json(
+            msg="force_reregister needs a registration token (it drops the agent's identity); "
+            "set redflag_agent_registration_token"
+        )
     if not os.path.exists(params["pyz"]):
         if module.check_mode:
-            module.exit_json(**not_installed_result(params["pyz"]))
+            decision = decide_enrollment(False, params["force_reregister"], bool(token))
+            module.exit_json(
+                **not_installed_result(params["pyz"]),
+                enroll=decision.enroll,
+                token_embedded=decision.embed_token,
+            )
         module.fail_json(
             msg=f"{params['pyz']} does not exist; the install step should have put it there: "
             "re-run the role without tags, or check /opt/redflag-agent/current"
         )
-    if params["reregister"] and not params["registration_token"]:
-        module.fail_json(
-            msg="reregister needs a registration token (it drops the agent's identity); "
-            "set redflag_agent_registration_token"
-        )
-    payload = build_payload(params["settings"], params["registration_token"], params["reregister"])
-    rc, out, err = module.run_command(
-        build_argv(params["python"], params["pyz"], module.check_mode),
-        data=payload,
-        binary_data=True,
-        environ_update={"LC_ALL": "C.UTF-8"},
-    )
+    agent = Agent(module)
+    migrated: list[str] = []
     try:
+        status = agent.status()
+        if status.get("migrations_pending"):
+            migrated = agent.migrate(dry_run=module.check_mode)
+            if migrated and not module.check_mode:
+                status = agent.status()
+        decision = decide_enrollment(
+            bool(status.get("registered")), params["force_reregister"], bool(token)
+        )
+        payload = build_payload(
+            params["settings"], token if decision.embed_token else "", decision.reregister
+        )
+        rc, out, err = agent.apply(payload)
         result = interpret(rc, out, err)
     except ApplyError as exc:
-        module.fail_json(msg=str(exc), rc=rc)
+        module.fail_json(msg=str(exc), migrated=migrated)
     agent_diff = result.pop("agent_diff")
+    result.update(
+        changed=result["changed"] or bool(migrated),
+        migrated=migrated,
+        status=status,
+        enroll=decision.enroll,
+        token_embedded=decision.embed_token,
+    )
     if module._diff and agent_diff:
         result["diff"] = {"prepared": agent_diff}
     module.exit_json(**result)

@@ -1,22 +1,44 @@
 #!/usr/bin/python
-"""Ansible module: wait for and classify the agent's outcome after the service step.
+"""Ansible module: bring the service to its state, then wait for and classify the outcome.
 
-Reads `redflag-agent status --json` and `systemctl show` (read-only), polls until the
-outcome is final or the retries run out, and classifies it with `decide()`, a pure
-function. It never fails by itself: the role decides what a failed outcome means.
+`plan()` (pure) picks the systemctl actions: daemon-reload when the unit changed, enable,
+restart when the artifact, config or unit changed, start when the agent can do something
+(registered, or a token was just embedded). Then it polls `status --json` and
+`systemctl show` until the outcome is final and classifies it with `decide()` (pure). A
+failed outcome is returned, not raised: the role decides what it means.
 """
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: redflag_agent_outcome
-short_description: Wait for and classify the RedFlag agent's outcome
+module: redflag_agent_service
+short_description: Apply the RedFlag agent's service state and classify the outcome
 description:
-  - Polls C(python3 -I PYZ status --json) and C(systemctl show UNIT) until the agent is
-    registered and active, or has stopped for good (exit 77 or 78), or the retries run out.
-  - Returns C(outcome.status) one of registered, waiting-for-token, rejected, failed.
+  - Runs C(systemctl daemon-reload), C(enable), C(restart) or C(start) as needed (check mode
+    only reports them).
+  - Then, with I(verify), polls C(python3 -I PYZ status --json) and C(systemctl show UNIT) until
+    the agent is registered and active, or has stopped for good (exit 77 or 78), or the wait
+    (I(retries) x I(delay) seconds) runs out. Polls start 0.25 s apart and back off to I(delay).
+  - Returns C(outcome.status) one of registered, waiting-for-token, rejected, failed
+    (unverified in check mode or without I(verify)).
 options:
+  daemon_reload:
+    description: The unit file changed; reload systemd first.
+    type: bool
+    default: false
+  restart:
+    description: The artifact, the config or the unit changed; restart (or start) the service.
+    type: bool
+    default: false
+  should_run:
+    description: The agent can do something (registered, or a token was just embedded); start it.
+    type: bool
+    default: false
+  verify:
+    description: Wait for and classify the outcome.
+    type: bool
+    default: true
   python:
     description: Interpreter that runs the agent.
     type: path
@@ -34,11 +56,11 @@ options:
     type: bool
     default: false
   retries:
-    description: Polls before giving up.
+    description: With I(delay), the longest wait (retries x delay seconds).
     type: int
     default: 20
   delay:
-    description: Seconds between polls.
+    description: Longest pause between polls, in seconds.
     type: int
     default: 3
   host:
@@ -48,6 +70,11 @@ options:
 """
 
 RETURN = r"""
+actions:
+  description: systemctl actions done (or, in check mode, that would be done).
+  type: list
+  elements: str
+  returned: always
 outcome:
   description: status (registered, waiting-for-token, rejected, failed), reason, and the facts read.
   type: dict
@@ -61,6 +88,8 @@ from typing import Any, Optional
 from ansible.module_utils.basic import AnsibleModule
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
+STATE_PROPS = ("ActiveState", "UnitFileState", "NeedDaemonReload")
+FIRST_POLL = 0.25
 RUNNING = ("active", "activating", "reloading")
 EX_REJECTED = 77
 EX_CONFIG = 78
@@ -135,6 +164,55 @@ def decide(
     )
 
 
+def plan(unit: dict[str, str], daemon_reload: bool, restart: bool, should_run: bool) -> list[str]:
+    """systemctl actions, in order, for the unit's current state (pure)."""
+    actions = []
+    if (
+        daemon_reload
+        or unit.get("NeedDaemonReload") == "yes"
+        or unit.get("LoadState") == "not-found"
+    ):
+        actions.append("daemon-reload")
+    if unit.get("UnitFileState") != "enabled":
+        actions.append("enable")
+    if restart:
+        actions.append("restart")
+    elif should_run and unit.get("ActiveState") not in RUNNING:
+        actions.append("start")
+    return actions
+
+
+def poll_delays(retries: int, delay: float) -> list[float]:
+    """Pauses between polls: 0.25 s doubling up to `delay`, within retries x delay in all."""
+    budget = max(1, retries) * max(0.0, delay)
+    pauses, pause, total = [], min(FIRST_POLL, delay), 0.0
+    while delay > 0 and total + pause <= budget + 1e-9:
+        pauses.append(pause)
+        total += pause
+        pause = min(delay, pause * 2)
+    return pauses
+
+
+def show(module: AnsibleModule, unit: str, props: tuple[str, ...]) -> dict[str, str]:
+    argv = ["systemctl", "show", unit]
+    for prop in props:
+        argv += ["-p", prop]
+    _rc, out, _err = module.run_command(argv)
+    return parse_show(out)
+
+
+def apply_actions(module: AnsibleModule, unit: str, actions: list[str]) -> None:
+    for action in actions:
+        argv = ["systemctl", action] if action == "daemon-reload" else ["systemctl", action, unit]
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            module.fail_json(
+                msg=f"systemctl {action} {unit} failed (exit {rc}): {(err or out).strip()}; "
+                f"see systemctl status {unit} and journalctl -u {unit}",
+                actions=actions,
+            )
+
+
 def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, str]]:
     p = module.params
     rc, out, _err = module.run_command([p["python"], "-I", p["pyz"], "status", "--json"])
@@ -146,11 +224,7 @@ def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, 
             loaded = None
         if isinstance(loaded, dict):
             status = loaded
-    argv = ["systemctl", "show", p["unit"]]
-    for prop in UNIT_PROPS:
-        argv += ["-p", prop]
-    _rc, show, _err = module.run_command(argv)
-    return status, parse_show(show)
+    return status, show(module, p["unit"], UNIT_PROPS)
 
 
 def main() -> None:
@@ -159,6 +233,10 @@ def main() -> None:
             "python": {"type": "path", "required": True},
             "pyz": {"type": "path", "required": True},
             "unit": {"type": "str", "default": "redflag-agent.service"},
+            "daemon_reload": {"type": "bool", "default": False},
+            "restart": {"type": "bool", "default": False},
+            "should_run": {"type": "bool", "default": False},
+            "verify": {"type": "bool", "default": True},
             "token_embedded": {"type": "bool", "default": False},
             "retries": {"type": "int", "default": 20},
             "delay": {"type": "int", "default": 3},
@@ -167,18 +245,28 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    attempts = max(1, p["retries"])
+    actions = plan(
+        show(module, p["unit"], STATE_PROPS), p["daemon_reload"], p["restart"], p["should_run"]
+    )
+    if not module.check_mode:
+        apply_actions(module, p["unit"], actions)
+    if module.check_mode or not p["verify"]:
+        why = "check mode" if module.check_mode else "redflag_agent_verify is false"
+        module.exit_json(
+            changed=bool(actions), actions=actions, outcome={"status": "unverified", "reason": why}
+        )
+    pauses = poll_delays(p["retries"], p["delay"])
     state, reason, status, unit = "pending", "", None, {}
-    for attempt in range(attempts):
+    for attempt in range(len(pauses) + 1):
         status, unit = observe(module)
         state, reason = decide(status, unit, p["token_embedded"])
-        if state != "pending":
+        if state != "pending" or attempt == len(pauses):
             break
-        if attempt + 1 < attempts:
-            time.sleep(max(0, p["delay"]))
+        time.sleep(pauses[attempt])
     if state == "pending":
         state = "failed"
-        reason = f"no final outcome after {attempts} polls: {reason}"
+        waited = sum(pauses)
+        reason = f"no final outcome after {len(pauses) + 1} polls in {waited:.0f} s: {reason}"
     status = status or {}
     outcome = {
         "status": state,
@@ -194,7 +282,7 @@ def main() -> None:
     }
     if state == "waiting-for-token":
         module.warn(f"{p['host']}: {WAITING_REASON}")
-    module.exit_json(changed=False, outcome=outcome)
+    module.exit_json(changed=bool(actions), actions=actions, outcome=outcome)
 
 
 if __name__ == "__main__":

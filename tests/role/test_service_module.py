@@ -1,4 +1,4 @@
-"""redflag_agent_outcome.decide: one observation -> outcome (table)."""
+"""redflag_agent_service.decide: one observation -> outcome (table)."""
 
 from __future__ import annotations
 
@@ -61,14 +61,14 @@ def unit(active, sub="", code=0, restarts=0, result="success"):
         (None, unit("active", "running"), False, "pending", "no answer"),
     ],
 )
-def test_decide(outcome_module, status, props, token_embedded, state, fragment):  # noqa: PLR0917
-    got_state, reason = outcome_module.decide(status, props, token_embedded)
+def test_decide(service_module, status, props, token_embedded, state, fragment):  # noqa: PLR0917
+    got_state, reason = service_module.decide(status, props, token_embedded)
     assert (got_state, fragment in reason) == (state, True), reason
 
 
-def test_parse_show(outcome_module):
+def test_parse_show(service_module):
     text = "ActiveState=failed\nSubState=failed\nExecMainStatus=78\nNRestarts=0\nbroken line\n"
-    assert outcome_module.parse_show(text) == {
+    assert service_module.parse_show(text) == {
         "ActiveState": "failed",
         "SubState": "failed",
         "ExecMainStatus": "78",

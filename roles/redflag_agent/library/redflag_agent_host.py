@@ -1,0 +1,269 @@
+#!/usr/bin/python
+"""Ansible module: the agent's place on the host, in one call.
+
+Service user and group, the directories (the new version's included, for the copy that
+follows) and the systemd unit file. One module run instead of six tasks, because on a
+fleet every task costs a round trip per host (bench/results/RESULTS.md). The decisions
+(which directory needs fixing, which user attributes) are pure functions, tested in
+tests/role.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redflag_agent_host
+short_description: Install the RedFlag agent's user, directories and unit file
+description:
+  - Creates the system group and user, the directories with their owners and modes
+    (C(opt_dir/version) included) and writes the systemd unit file when its content or
+    attributes differ (atomic rename).
+  - Supports check mode (reports what would change) and diff mode (the unit file).
+options:
+  version:
+    description: The version being installed (a directory under I(opt_dir)).
+    type: str
+    required: true
+  user:
+    description: Service user.
+    type: str
+    default: redflag-agent
+  group:
+    description: Service group.
+    type: str
+    default: redflag-agent
+  opt_dir:
+    description: Root of the installed versions.
+    type: path
+    default: /opt/redflag-agent
+  etc_dir:
+    description: Config directory.
+    type: path
+    default: /etc/redflag-agent
+  state_dir:
+    description: State directory (the user's home).
+    type: path
+    default: /var/lib/redflag-agent
+  unit_path:
+    description: Where the unit file goes.
+    type: path
+    default: /etc/systemd/system/redflag-agent.service
+  unit_content:
+    description: The unit file's content (rendered on the controller).
+    type: str
+    required: true
+"""
+
+RETURN = r"""
+changes:
+  description: What was (or in check mode would be) changed, one line each.
+  type: list
+  elements: str
+  returned: always
+unit_changed:
+  description: The unit file was written (systemd must reload).
+  type: bool
+  returned: always
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import stat
+from typing import Any, NamedTuple, Optional
+
+from ansible.module_utils.basic import AnsibleModule
+
+NOLOGIN = "/usr/sbin/nologin"
+COMMENT = "RedFlag update agent"
+
+
+class Want(NamedTuple):
+    path: str
+    owner: str
+    group: str
+    mode: int
+
+
+class Have(NamedTuple):
+    exists: bool
+    is_dir: bool
+    owner: Optional[str]
+    group: Optional[str]
+    mode: Optional[int]
+
+
+def dir_fixes(want: Want, have: Have) -> list[str]:
+    """What must change for one directory: 'create', 'owner', 'mode' (pure)."""
+    if not have.exists:
+        return ["create", "owner", "mode"]
+    if not have.is_dir:
+        return ["not-a-directory"]
+    fixes = []
+    if (have.owner, have.group) != (want.owner, want.group):
+        fixes.append("owner")
+    if have.mode != want.mode:
+        fixes.append("mode")
+    return fixes
+
+
+def user_fixes(entry: Optional[Any], gid: Optional[int], home: str) -> list[str]:
+    """usermod options needed for an existing user (pure); [] when it is as wanted."""
+    if entry is None:
+        return []
+    opts = []
+    if gid is not None and entry.pw_gid != gid:
+        opts += ["-g", str(gid)]
+    if entry.pw_shell != NOLOGIN:
+        opts += ["-s", NOLOGIN]
+    if entry.pw_dir != home:
+        opts += ["-d", home]
+    return opts
+
+
+def _have(path: str) -> Have:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Have(False, False, None, None, None)
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return Have(True, stat.S_ISDIR(st.st_mode), owner, group, stat.S_IMODE(st.st_mode))
+
+
+class Host:
+    """The I/O side: each step records what it changed; check mode only records."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.p = module.params
+        self.check = module.check_mode
+        self.changes: list[str] = []
+
+    def run(self, argv: list[str]) -> None:
+        rc, out, err = self.module.run_command(argv)
+        if rc != 0:
+            self.module.fail_json(
+                msg=f"{' '.join(argv)} failed (exit {rc}): {(err or out).strip()}",
+                changes=self.changes,
+            )
+
+    def group(self) -> Optional[int]:
+        name = self.p["group"]
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            pass
+        self.changes.append(f"group {name} created")
+        if self.check:
+            return None
+        self.run(["groupadd", "--system", name])
+        return grp.getgrnam(name).gr_gid
+
+    def user(self, gid: Optional[int]) -> None:
+        name, home = self.p["user"], self.p["state_dir"]
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            entry = None
+        if entry is None:
+            self.changes.append(f"user {name} created")
+            if not self.check:
+                self.run(
+                    ["useradd", "--system", "--gid", self.p["group"], "--shell", NOLOGIN,
+                     "--home-dir", home, "--no-create-home", "--comment", COMMENT, name]
+                )  # fmt: skip
+            return
+        opts = user_fixes(entry, gid, home)
+        if opts:
+            self.changes.append(f"user {name} updated ({' '.join(opts[::2])})")
+            if not self.check:
+                self.run(["usermod", *opts, name])
+
+    def directory(self, want: Want) -> None:
+        fixes = dir_fixes(want, _have(want.path))
+        if not fixes:
+            return
+        if fixes == ["not-a-directory"]:
+            self.module.fail_json(
+                msg=f"{want.path} exists and is not a directory; move it away and re-run",
+                changes=self.changes,
+            )
+        self.changes.append(f"{want.path}: {', '.join(fixes)}")
+        if self.check:
+            return
+        if "create" in fixes:
+            os.makedirs(want.path, exist_ok=True)
+        shutil.chown(want.path, want.owner, want.group)
+        os.chmod(want.path, want.mode)
+
+    def unit(self) -> tuple[bool, dict[str, str]]:
+        path, content = self.p["unit_path"], self.p["unit_content"]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                before = handle.read()
+        except FileNotFoundError:
+            before = ""
+        have = _have(path)
+        same_attrs = have.exists and (have.owner, have.group, have.mode) == ("root", "root", 0o644)
+        diff = {"before_header": path, "after_header": path, "before": before, "after": content}
+        if before == content and same_attrs:
+            return False, diff
+        self.changes.append(f"{path} written")
+        if not self.check:
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            os.chown(tmp, 0, 0)
+            os.rename(tmp, path)
+        return True, diff
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "version": {"type": "str", "required": True},
+            "user": {"type": "str", "default": "redflag-agent"},
+            "group": {"type": "str", "default": "redflag-agent"},
+            "opt_dir": {"type": "path", "default": "/opt/redflag-agent"},
+            "etc_dir": {"type": "path", "default": "/etc/redflag-agent"},
+            "state_dir": {"type": "path", "default": "/var/lib/redflag-agent"},
+            "unit_path": {"type": "path", "default": "/etc/systemd/system/redflag-agent.service"},
+            "unit_content": {"type": "str", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    host = Host(module)
+    gid = host.group()
+    host.user(gid)
+    user, group = p["user"], p["group"]
+    version_dir = os.path.join(p["opt_dir"], p["version"])
+    for want in (
+        Want(p["opt_dir"], "root", "root", 0o755),
+        Want(version_dir, "root", "root", 0o755),
+        Want(p["etc_dir"], user, group, 0o750),
+        Want(p["state_dir"], user, group, 0o750),
+    ):
+        host.directory(want)
+    unit_changed, diff = host.unit()
+    result: dict[str, Any] = {
+        "changed": bool(host.changes),
+        "changes": host.changes,
+        "unit_changed": unit_changed,
+    }
+    if module._diff and unit_changed:
+        result["diff"] = diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

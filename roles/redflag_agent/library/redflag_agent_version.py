@@ -1,0 +1,186 @@
+#!/usr/bin/python
+"""Ansible module: activate the copied zipapp version.
+
+Checks the copy under opt_dir/<version> against the controller's published sha256,
+points `current` at it (a new link renamed over the old one: atomic), and prunes old
+versions (the previous one kept first, for rollback). `versions_to_prune()` is pure and
+tested in tests/role.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redflag_agent_version
+short_description: Verify, activate and prune RedFlag agent versions
+description:
+  - Checks C(opt_dir/version/redflag-agent.pyz) against I(sha256), points C(opt_dir/current)
+    at I(version) (atomic rename) and removes versions beyond I(keep_versions).
+  - Supports check mode (reports what would change).
+options:
+  version:
+    description: The version being installed (a directory under I(opt_dir)).
+    type: str
+    required: true
+  sha256:
+    description: Expected sha256 of the zipapp (from the controller's .sha256 file).
+    type: str
+    required: true
+  keep_versions:
+    description: Versions kept under I(opt_dir), the current one included.
+    type: int
+    default: 2
+  version_re:
+    description: Regular expression a version directory name matches (only those are pruned).
+    type: str
+    required: true
+  opt_dir:
+    description: Root of the installed versions.
+    type: path
+    default: /opt/redflag-agent
+"""
+
+RETURN = r"""
+changes:
+  description: What was (or in check mode would be) changed, one line each.
+  type: list
+  elements: str
+  returned: always
+previous_version:
+  description: Where current pointed before, or null.
+  type: str
+  returned: always
+pruned:
+  description: Version directories removed.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import hashlib
+import os
+import re
+import shutil
+from typing import Optional
+
+from ansible.module_utils.basic import AnsibleModule
+
+PYZ = "redflag-agent.pyz"
+
+
+def versions_to_prune(
+    installed: list[tuple[str, float]], this: str, previous: Optional[str], keep: int
+) -> list[str]:
+    """Version names to remove: keep `this`, then the previous one, then the newest (pure).
+
+    `installed` is (name, mtime) for every version directory, `this` included or not.
+    """
+    others = sorted(
+        (item for item in installed if item[0] != this), key=lambda item: item[1], reverse=True
+    )
+    names = [name for name, _mtime in others]
+    if previous in names:
+        names.remove(previous)
+        names.insert(0, previous)
+    return names[max(0, keep - 1) :]
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Versions:
+    """The I/O side: each step records what it changed; check mode only records."""
+
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.p = module.params
+        self.check = module.check_mode
+        self.changes: list[str] = []
+
+    def verify(self, version_dir: str) -> None:
+        pyz = os.path.join(version_dir, PYZ)
+        expected = (self.p["sha256"] or "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            self.module.fail_json(
+                msg="the zipapp's .sha256 file on the controller is missing or unreadable; "
+                "rebuild the zipapp (agent_src/build_zipapp.py) or fix redflag_agent_artifact"
+            )
+        if not os.path.exists(pyz):
+            if self.check:
+                return
+            self.module.fail_json(msg=f"{pyz} is missing after the copy step")
+        actual = sha256_of(pyz)
+        if actual != expected:
+            self.module.fail_json(
+                msg=f"{pyz} has sha256 {actual} but the controller's .sha256 says {expected}; the "
+                "copy or the controller's zipapp is corrupt: rebuild the zipapp "
+                "(agent_src/build_zipapp.py) or remove the file on the host, and re-run "
+                "(current still points at the previous version)"
+            )
+
+    def link_current(self, version: str) -> Optional[str]:
+        current = os.path.join(self.p["opt_dir"], "current")
+        previous = os.readlink(current) if os.path.islink(current) else None
+        if previous == version:
+            return previous
+        if os.path.exists(current) and not os.path.islink(current):
+            self.module.fail_json(
+                msg=f"{current} exists and is not a symlink; move it away and re-run"
+            )
+        self.changes.append(f"current -> {version} (was {previous or 'unset'})")
+        if not self.check:
+            tmp = f"{current}.tmp-{os.getpid()}"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(version, tmp)
+            os.rename(tmp, current)
+        return previous
+
+    def prune(self, version: str, previous: Optional[str]) -> list[str]:
+        opt_dir, pattern = self.p["opt_dir"], re.compile(self.p["version_re"])
+        installed = []
+        for name in os.listdir(opt_dir) if os.path.isdir(opt_dir) else []:
+            path = os.path.join(opt_dir, name)
+            if pattern.search(name) and os.path.isdir(path) and not os.path.islink(path):
+                installed.append((name, os.stat(path).st_mtime))
+        doomed = versions_to_prune(installed, version, previous, self.p["keep_versions"])
+        for name in doomed:
+            self.changes.append(f"removed version {name}")
+            if not self.check:
+                shutil.rmtree(os.path.join(opt_dir, name))
+        return doomed
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "version": {"type": "str", "required": True},
+            "sha256": {"type": "str", "required": True},
+            "keep_versions": {"type": "int", "default": 2},
+            "version_re": {"type": "str", "required": True},
+            "opt_dir": {"type": "path", "default": "/opt/redflag-agent"},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["keep_versions"] < 1:
+        module.fail_json(msg="keep_versions must be 1 or more")
+    versions = Versions(module)
+    versions.verify(os.path.join(p["opt_dir"], p["version"]))
+    previous = versions.link_current(p["version"])
+    pruned = versions.prune(p["version"], previous)
+    module.exit_json(
+        changed=bool(versions.changes),
+        changes=versions.changes,
+        previous_version=previous,
+        pruned=pruned,
+    )
+
+
+if __name__ == "__main__":
+    main()
