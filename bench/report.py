@@ -58,13 +58,15 @@ def rollout_md(sec: dict) -> list[str]:
                 f"{_miss(worst_first, FIRST_TARGET)}. Worst re-run ratio {worst_rerun}x: "
                 f"target {_miss(worst_rerun, RERUN_TARGET)}.",
                 "",
-                f"Why: the role runs {rows[-1]['role_tasks_per_host']:g} tasks per host on a "
-                f"first converge against the baseline's {rows[-1]['baseline_tasks_per_host']:g}"
-                " (preflight probes, user, directories, artifact checks, migration, enrol check, "
-                "config apply, unit, service, outcome wait); each task pays a fixed cost (a "
-                "controller worker, an SSH round trip, a Python start on the host), so the "
-                "ratio follows the task count and stays roughly flat in N. A re-run executes "
-                "nearly the same checks with nothing to change. See ../NOTES.md.",
+                f"What the extra time buys: the role runs {rows[-1]['role_tasks_per_host']:g} "
+                f"tasks per host on a first converge against the baseline's "
+                f"{rows[-1]['baseline_tasks_per_host']:g}: all input checks in one local task, "
+                "one shell probe of the host, user + directories + unit in one module, the copy "
+                "checked against its sha256 and switched in atomically, the agent's status, "
+                "migration, enrollment decision and config in one module, and the service "
+                "step that waits until the agent is registered. Each task pays a fixed cost "
+                "(a controller worker, an SSH round trip, a Python start on the host), so the "
+                "ratio follows the module count and stays roughly flat in N. See ../NOTES.md.",
                 "", "![rollout time against N](rollout.png)"]
         big = max(rows, key=lambda r: r["n"])
         for key, what in (("role_first_slowest", "first converge"),

@@ -46,3 +46,13 @@ def service_module() -> ModuleType:
 @pytest.fixture(scope="session")
 def fleet_filters() -> ModuleType:
     return load_source("redflag_fleet", PLAYBOOKS / "filter_plugins" / "redflag_fleet.py")
+
+
+@pytest.fixture(scope="session")
+def host_module() -> ModuleType:
+    return load_source("redflag_agent_host", ROLE / "library" / "redflag_agent_host.py")
+
+
+@pytest.fixture(scope="session")
+def version_module() -> ModuleType:
+    return load_source("redflag_agent_version", ROLE / "library" / "redflag_agent_version.py")

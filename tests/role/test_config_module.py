@@ -104,3 +104,28 @@ def test_not_installed_in_check_mode_would_create(config_module):
     result = config_module.not_installed_result("/opt/redflag-agent/current/redflag-agent.pyz")
     assert result["changed"] is True and result["created"] is True
     assert "would be created" in result["msg"]
+
+
+@pytest.mark.parametrize(
+    ("registered", "force", "token", "expected"),
+    [
+        (False, False, True, (True, True, False)),
+        (False, False, False, (True, False, False)),
+        (True, False, True, (False, False, False)),
+        (True, False, False, (False, False, False)),
+        (True, True, True, (True, True, True)),
+        (False, True, True, (True, True, True)),
+    ],
+)
+def test_decide_enrollment(config_module, registered, force, token, expected):
+    assert tuple(config_module.decide_enrollment(registered, force, token)) == expected
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "fragment"),
+    [(1, "", "exited 1"), (0, "not json", "printed no JSON"), (0, "[1]", "not an object")],
+)
+def test_parse_json_answer_errors(config_module, rc, stdout, fragment):
+    with pytest.raises(config_module.ApplyError) as err:
+        config_module.parse_json_answer("status --json", rc, stdout, "")
+    assert fragment in str(err.value) and "status --json" in str(err.value)

@@ -106,5 +106,39 @@ def test_invalid_setting_is_refused_with_the_agents_reason(pyz, root):
 
 
 def test_reregister_without_token_is_refused(pyz, root):
-    result = run_module(root, args(pyz, reregister=True))
+    result = run_module(root, args(pyz, force_reregister=True))
     assert result["failed"] is True and "needs a registration token" in result["msg"]
+
+
+def registered(root: Path) -> Path:
+    config = root / "etc" / "redflag-agent" / "config.json"
+    config.write_text(
+        json.dumps(
+            {"version": "6", "server_url": "http://127.0.0.1:9", "agent_id": "a-1",
+             "token": "jwt", "refresh_token": "r-1"}
+        )
+    )  # fmt: skip
+    config.chmod(0o600)
+    return config
+
+
+def test_registered_host_gets_no_token_even_when_one_is_given(pyz, root):
+    config = registered(root)
+    result = run_module(root, args(pyz, registration_token=TOKEN))
+    assert (result["enroll"], result["token_embedded"]) == (False, False)
+    assert result["status"]["registered"] is True and result["status"]["agent_id"] == "a-1"
+    assert "registration_token" not in json.loads(config.read_text())
+
+
+def test_force_reregister_embeds_the_token_and_drops_the_identity(pyz, root):
+    config = registered(root)
+    result = run_module(root, args(pyz, registration_token=TOKEN, force_reregister=True))
+    assert (result["enroll"], result["token_embedded"], result["changed"]) == (True, True, True)
+    saved = json.loads(config.read_text())
+    assert saved["registration_token"] == TOKEN and not saved.get("agent_id")
+
+
+def test_unregistered_host_without_token_would_enroll_but_embeds_nothing(pyz, root):
+    result = run_module(root, args(pyz))
+    assert (result["enroll"], result["token_embedded"]) == (True, False)
+    assert result["migrated"] == []

@@ -74,3 +74,42 @@ def test_parse_show(service_module):
         "ExecMainStatus": "78",
         "NRestarts": "0",
     }
+
+
+def state(active="inactive", enabled="enabled", reload_="no"):
+    return {"ActiveState": active, "UnitFileState": enabled, "NeedDaemonReload": reload_}
+
+
+@pytest.mark.parametrize(
+    ("unit_state", "daemon_reload", "restart", "should_run", "actions"),
+    [
+        # Fresh install: the unit was just written, nothing runs yet.
+        (state("inactive", ""), True, True, True, ["daemon-reload", "enable", "restart"]),
+        # Re-run, nothing changed, registered and running: nothing to do.
+        (state("active"), False, False, True, []),
+        # Registered but stopped (someone stopped it): start, no restart.
+        (state("failed"), False, False, True, ["start"]),
+        # Waiting for a token, nothing changed: left stopped, so re-runs report no change.
+        (state("failed"), False, False, False, []),
+        # Waiting for a token but the config changed: run once (it stops with 78).
+        (state("failed"), False, True, False, ["restart"]),
+        # Unit edited on disk behind systemd's back: reload even if the role wrote nothing.
+        (state("active", reload_="yes"), False, False, True, ["daemon-reload"]),
+        (state("active", "disabled"), False, False, True, ["enable"]),
+        (state("activating"), False, False, True, []),
+    ],
+)
+def test_plan(service_module, unit_state, daemon_reload, restart, should_run, actions):  # noqa: PLR0917
+    assert service_module.plan(unit_state, daemon_reload, restart, should_run) == actions
+
+
+def test_poll_delays_back_off_within_the_budget(service_module):
+    pauses = service_module.poll_delays(20, 3)
+    assert pauses[:5] == [0.25, 0.5, 1.0, 2.0, 3.0]
+    assert max(pauses) == 3 and sum(pauses) <= 60
+    assert sum(pauses) > 57  # the whole budget is used before giving up
+
+
+def test_poll_delays_edge_cases(service_module):
+    assert service_module.poll_delays(5, 0) == []
+    assert service_module.poll_delays(1, 1) == [0.25, 0.5]

@@ -1,0 +1,93 @@
+"""redflag_agent_version: pruning order (pure) and the module on a temp directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROLE
+
+MODULE = ROLE / "library" / "redflag_agent_version.py"
+VERSION_RE = r"^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$"
+
+
+@pytest.mark.parametrize(
+    ("installed", "this", "previous", "keep", "doomed"),
+    [
+        ([("0.2.0", 3), ("0.1.0", 1), ("0.1.5", 2)], "0.2.0", "0.1.0", 2, ["0.1.5"]),
+        ([("0.2.0", 3), ("0.1.0", 1), ("0.1.5", 2)], "0.2.0", "0.1.5", 2, ["0.1.0"]),
+        ([("0.2.0", 3), ("0.1.0", 1), ("0.1.5", 2)], "0.2.0", None, 2, ["0.1.0"]),
+        ([("0.2.0", 3), ("0.1.0", 1), ("0.1.5", 2)], "0.2.0", "0.1.0", 1, ["0.1.0", "0.1.5"]),
+        ([("0.2.0", 3)], "0.2.0", "0.2.0", 1, []),
+        # Downgrade: the newer one just left is the previous and is kept.
+        ([("0.2.0", 3), ("0.1.0", 1)], "0.1.0", "0.2.0", 2, []),
+    ],
+)
+def test_versions_to_prune(version_module, installed, this, previous, keep, doomed):  # noqa: PLR0917
+    assert version_module.versions_to_prune(installed, this, previous, keep) == doomed
+
+
+def put(opt: Path, version: str, body: bytes) -> str:
+    (opt / version).mkdir(parents=True, exist_ok=True)
+    (opt / version / "redflag-agent.pyz").write_bytes(body)
+    return hashlib.sha256(body).hexdigest()
+
+
+def run(opt: Path, version: str, sha256: str, keep: int = 2, check: bool = False) -> dict:
+    args = opt.parent / "args.json"
+    args.write_text(
+        json.dumps(
+            {
+                "ANSIBLE_MODULE_ARGS": {
+                    "version": version, "sha256": sha256, "keep_versions": keep,
+                    "version_re": VERSION_RE, "opt_dir": str(opt), "_ansible_check_mode": check,
+                }
+            }
+        )
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(MODULE), str(args)], capture_output=True, text=True, check=False
+    )
+    return json.loads(proc.stdout)
+
+
+def test_activate_then_unchanged_then_upgrade_prunes(tmp_path):
+    opt = tmp_path / "opt"
+    first = run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
+    assert first["changed"] is True and (opt / "current").readlink() == Path("0.1.0")
+    again = run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
+    assert (again["changed"], again["changes"]) == (False, [])
+    run(opt, "0.1.5", put(opt, "0.1.5", b"one-five"))
+    third = run(opt, "0.2.0", put(opt, "0.2.0", b"two"))
+    assert third["previous_version"] == "0.1.5" and third["pruned"] == ["0.1.0"]
+    assert sorted(p.name for p in opt.iterdir()) == ["0.1.5", "0.2.0", "current"]
+
+
+def test_check_mode_reports_and_changes_nothing(tmp_path):
+    opt = tmp_path / "opt"
+    run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
+    result = run(opt, "0.2.0", put(opt, "0.2.0", b"two"), check=True)
+    assert result["changed"] is True and "current -> 0.2.0 (was 0.1.0)" in result["changes"]
+    assert (opt / "current").readlink() == Path("0.1.0")
+
+
+def test_corrupt_copy_is_refused_and_current_is_kept(tmp_path):
+    opt = tmp_path / "opt"
+    run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
+    put(opt, "0.2.0", b"corrupted")
+    result = run(opt, "0.2.0", hashlib.sha256(b"two").hexdigest())
+    assert result["failed"] is True and "is corrupt" in result["msg"]
+    assert (opt / "current").readlink() == Path("0.1.0")
+
+
+def test_missing_checksum_names_the_fix(tmp_path):
+    opt = tmp_path / "opt"
+    put(opt, "0.1.0", b"one")
+    result = run(opt, "0.1.0", "")
+    assert result["failed"] is True and "build_zipapp.py" in result["msg"]
+    assert not (opt / "current").exists()
