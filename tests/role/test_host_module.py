@@ -36,3 +36,23 @@ def entry(gid=990, login="/usr/sbin/nologin", home="/var/lib/redflag-agent"):
 )
 def test_user_fixes(host_module, user, gid, opts):
     assert host_module.user_fixes(user, gid, "/var/lib/redflag-agent") == opts
+
+
+def test_pyz_intact(host_module):
+    have, digest = host_module.Have, "ab" * 32
+    good = have(True, False, "root", "root", 0o644)
+    assert host_module.pyz_intact(good, digest, digest.upper()) is True
+    assert host_module.pyz_intact(good, "cd" * 32, digest) is False
+    assert host_module.pyz_intact(good, digest, "") is False  # no published checksum
+    assert host_module.pyz_intact(have(True, False, "root", "root", 0o666), digest, digest) is False
+    assert host_module.pyz_intact(have(False, False, None, None, None), None, digest) is False
+    assert host_module.pyz_intact(have(True, True, "root", "root", 0o644), None, digest) is False
+
+
+def test_installed_lists_versions_and_current(host_module, tmp_path):
+    for name in ("0.1.0", "0.2.0", "notes", "0.3.0.tmp-1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "current").symlink_to("0.2.0")
+    version_re = r"^[0-9]+(\.[0-9]+){1,3}$"
+    assert host_module.installed(str(tmp_path), version_re) == ("0.2.0", ["0.1.0", "0.2.0"])
+    assert host_module.installed(str(tmp_path / "missing"), version_re) == (None, [])

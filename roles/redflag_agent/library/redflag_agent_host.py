@@ -2,10 +2,11 @@
 """Ansible module: the agent's place on the host, in one call.
 
 Service user and group, the directories (the new version's included, for the copy that
-follows) and the systemd unit file. One module run instead of six tasks, because on a
-fleet every task costs a round trip per host (bench/results/RESULTS.md). The decisions
-(which directory needs fixing, which user attributes) are pure functions, tested in
-tests/role.
+follows) and the systemd unit file; and, read-only, whether that version is already
+installed intact and current, so the role skips the copy and the switch when it is. One
+module run instead of six tasks, because on a fleet every task costs a round trip per host
+(bench/results/RESULTS.md). The decisions (which directory needs fixing, which user
+attributes, whether the zipapp is intact) are pure functions, tested in tests/role.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ description:
   - Creates the system group and user, the directories with their owners and modes
     (C(opt_dir/version) included) and writes the systemd unit file when its content or
     attributes differ (atomic rename).
+  - Reports, without changing them, whether C(opt_dir/version/redflag-agent.pyz) matches
+    I(sha256) (root:root 0644), where C(opt_dir/current) points and which versions are installed.
   - Supports check mode (reports what would change) and diff mode (the unit file).
 options:
   version:
@@ -52,6 +55,14 @@ options:
     description: The unit file's content (rendered on the controller).
     type: str
     required: true
+  sha256:
+    description: Expected sha256 of the version's zipapp; empty counts as not intact.
+    type: str
+    default: ""
+  version_re:
+    description: Regular expression a version directory name matches.
+    type: str
+    default: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
 """
 
 RETURN = r"""
@@ -64,11 +75,26 @@ unit_changed:
   description: The unit file was written (systemd must reload).
   type: bool
   returned: always
+pyz_intact:
+  description: The version's zipapp exists, matches I(sha256) and is root:root 0644.
+  type: bool
+  returned: always
+current_version:
+  description: Where C(opt_dir/current) points, or null.
+  type: str
+  returned: always
+installed_versions:
+  description: Version directories under I(opt_dir).
+  type: list
+  elements: str
+  returned: always
 """
 
 import grp
+import hashlib
 import os
 import pwd
+import re
 import shutil
 import stat
 from typing import Any, NamedTuple, Optional
@@ -120,6 +146,39 @@ def user_fixes(entry: Optional[Any], gid: Optional[int], home: str) -> list[str]
     if entry.pw_dir != home:
         opts += ["-d", home]
     return opts
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pyz_intact(have: Have, actual_sha256: Optional[str], expected_sha256: str) -> bool:
+    """The installed zipapp needs no copy (pure): right content, root:root 0644."""
+    return (
+        have.exists
+        and not have.is_dir
+        and (have.owner, have.group, have.mode) == ("root", "root", 0o644)
+        and bool(expected_sha256)
+        and actual_sha256 == expected_sha256.strip().lower()
+    )
+
+
+def installed(opt_dir: str, version_re: str) -> tuple[Optional[str], list[str]]:
+    """Where current points and the version directories (read-only)."""
+    current = os.path.join(opt_dir, "current")
+    target = os.readlink(current) if os.path.islink(current) else None
+    pattern = re.compile(version_re)
+    names = []
+    if os.path.isdir(opt_dir):
+        for name in sorted(os.listdir(opt_dir)):
+            path = os.path.join(opt_dir, name)
+            if pattern.search(name) and os.path.isdir(path) and not os.path.islink(path):
+                names.append(name)
+    return target, names
 
 
 def _have(path: str) -> Have:
@@ -238,6 +297,11 @@ def main() -> None:
             "state_dir": {"type": "path", "default": "/var/lib/redflag-agent"},
             "unit_path": {"type": "path", "default": "/etc/systemd/system/redflag-agent.service"},
             "unit_content": {"type": "str", "required": True},
+            "sha256": {"type": "str", "default": ""},
+            "version_re": {
+                "type": "str",
+                "default": r"^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$",
+            },
         },
         supports_check_mode=True,
     )
@@ -255,10 +319,17 @@ def main() -> None:
     ):
         host.directory(want)
     unit_changed, diff = host.unit()
+    pyz = os.path.join(version_dir, "redflag-agent.pyz")
+    pyz_have = _have(pyz)
+    actual = sha256_of(pyz) if pyz_have.exists and not pyz_have.is_dir else None
+    current_version, versions = installed(p["opt_dir"], p["version_re"])
     result: dict[str, Any] = {
         "changed": bool(host.changes),
         "changes": host.changes,
         "unit_changed": unit_changed,
+        "pyz_intact": pyz_intact(pyz_have, actual, p["sha256"]),
+        "current_version": current_version,
+        "installed_versions": versions,
     }
     if module._diff and unit_changed:
         result["diff"] = diff
