@@ -142,10 +142,11 @@ def markdown(results: dict) -> str:
         f"{machine.get('mem_gib', '?')} GiB, {machine.get('kernel', '?')}, "
         f"ansible-core {machine.get('ansible', '?')}, {machine.get('podman', '?')}.",
         "",
-        "**The machine is shared**: other engineers' test containers and test suites were "
-        "running while these numbers were taken (see the load averages). Absolute times are "
-        "noisy; quote the ratios and medians, and re-run `make bench` on a quiet machine for "
-        "absolute figures. Sections measured in different runs carry their own time.",
+        "**The machine is shared**: other engineers' test containers and test suites may run "
+        "while these numbers are taken (each section gives the load average at its start). "
+        "Absolute times are noisy; quote the ratios and medians, and re-run `make bench` on a "
+        "quiet machine for absolute figures. Sections measured in different runs carry their "
+        "own time.",
         "",
     ]
     took = {k: results[k].get("took_s") for k in ("agent", "storm", "rollout") if k in results}
