@@ -113,3 +113,24 @@ def test_poll_delays_back_off_within_the_budget(service_module):
 def test_poll_delays_edge_cases(service_module):
     assert service_module.poll_delays(5, 0) == []
     assert service_module.poll_delays(1, 1) == [0.25, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("started", "changed", "stale"),
+    [
+        (1000.0, 900.0, False),  # started after the last switch: nothing to make up
+        (1000.0, 1000.5, False),  # within the slack (same second)
+        (1000.0, 1100.0, True),  # switched after it started, restart was lost
+        (None, 1100.0, False),  # not running: start/restart rules apply instead
+        (1000.0, None, False),
+    ],
+)
+def test_is_stale(service_module, started, changed, stale):
+    assert service_module.is_stale(started, changed) is stale
+
+
+def test_started_at_only_for_a_running_main_process(service_module):
+    props = {"ActiveState": "active", "ExecMainPID": "42", "ExecMainStartTimestampMonotonic": "5"}
+    assert service_module.started_at(props) is not None
+    assert service_module.started_at({**props, "ActiveState": "failed"}) is None
+    assert service_module.started_at({**props, "ExecMainPID": "0"}) is None

@@ -38,7 +38,9 @@ def put(opt: Path, version: str, body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def run(opt: Path, version: str, sha256: str, keep: int = 2, check: bool = False) -> dict:
+def run(  # noqa: PLR0913, PLR0917
+    opt: Path, version: str, sha256: str, keep: int = 2, check: bool = False, copied: bool = False
+) -> dict:
     args = opt.parent / "args.json"
     args.write_text(
         json.dumps(
@@ -46,6 +48,7 @@ def run(opt: Path, version: str, sha256: str, keep: int = 2, check: bool = False
                 "ANSIBLE_MODULE_ARGS": {
                     "version": version, "sha256": sha256, "keep_versions": keep,
                     "version_re": VERSION_RE, "opt_dir": str(opt), "_ansible_check_mode": check,
+                    "copied": copied,
                 }
             }
         )
@@ -60,8 +63,9 @@ def test_activate_then_unchanged_then_upgrade_prunes(tmp_path):
     opt = tmp_path / "opt"
     first = run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
     assert first["changed"] is True and (opt / "current").readlink() == Path("0.1.0")
+    assert first["switched"] is True
     again = run(opt, "0.1.0", put(opt, "0.1.0", b"one"))
-    assert (again["changed"], again["changes"]) == (False, [])
+    assert (again["changed"], again["changes"], again["switched"]) == (False, [], False)
     run(opt, "0.1.5", put(opt, "0.1.5", b"one-five"))
     third = run(opt, "0.2.0", put(opt, "0.2.0", b"two"))
     assert third["previous_version"] == "0.1.5" and third["pruned"] == ["0.1.0"]
@@ -91,3 +95,22 @@ def test_missing_checksum_names_the_fix(tmp_path):
     result = run(opt, "0.1.0", "")
     assert result["failed"] is True and "build_zipapp.py" in result["msg"]
     assert not (opt / "current").exists()
+
+
+def test_pruning_alone_is_not_a_switch(tmp_path):
+    opt = tmp_path / "opt"
+    for version in ("0.1.0", "0.1.5"):
+        run(opt, version, put(opt, version, version.encode()))
+    result = run(opt, "0.1.5", put(opt, "0.1.5", b"0.1.5"), keep=1)
+    assert (result["changed"], result["switched"], result["pruned"]) == (True, False, ["0.1.0"])
+
+
+def test_check_mode_after_a_copy_does_not_judge_the_old_bytes(tmp_path):
+    opt = tmp_path / "opt"
+    stale = put(opt, "0.2.0", b"old build of 0.2.0")
+    new = hashlib.sha256(b"new build of 0.2.0").hexdigest()
+    assert stale != new
+    result = run(opt, "0.2.0", new, check=True, copied=True)
+    assert result.get("failed") is not True and result["changed"] is True
+    refused = run(opt, "0.2.0", new, check=True, copied=False)
+    assert refused["failed"] is True and "is corrupt" in refused["msg"]

@@ -90,6 +90,7 @@ installed_versions:
   returned: always
 """
 
+import contextlib
 import grp
 import hashlib
 import os
@@ -97,6 +98,7 @@ import pwd
 import re
 import shutil
 import stat
+import tempfile
 from typing import Any, NamedTuple, Optional
 
 from ansible.module_utils.basic import AnsibleModule
@@ -181,9 +183,9 @@ def installed(opt_dir: str, version_re: str) -> tuple[Optional[str], list[str]]:
     return target, names
 
 
-def _have(path: str) -> Have:
+def _have(path: str, follow: bool = False) -> Have:
     try:
-        st = os.lstat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return Have(False, False, None, None, None)
     try:
@@ -195,6 +197,29 @@ def _have(path: str) -> Have:
     except KeyError:
         group = str(st.st_gid)
     return Have(True, stat.S_ISDIR(st.st_mode), owner, group, stat.S_IMODE(st.st_mode))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """root:root 0644, fsynced, renamed over the old file; no temp file left on failure."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".redflag-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.chown(tmp, 0, 0)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class Host:
@@ -247,7 +272,8 @@ class Host:
                 self.run(["usermod", *opts, name])
 
     def directory(self, want: Want) -> None:
-        fixes = dir_fixes(want, _have(want.path))
+        # Followed: a directory may be a symlink to another disk (as the file module allows).
+        fixes = dir_fixes(want, _have(want.path, follow=True))
         if not fixes:
             return
         if fixes == ["not-a-directory"]:
@@ -277,12 +303,7 @@ class Host:
             return False, diff
         self.changes.append(f"{path} written")
         if not self.check:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(content)
-            os.chmod(tmp, 0o644)
-            os.chown(tmp, 0, 0)
-            os.rename(tmp, path)
+            write_atomically(path, content.encode("utf-8"))
         return True, diff
 
 

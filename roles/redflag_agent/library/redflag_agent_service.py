@@ -28,13 +28,25 @@ options:
     type: bool
     default: false
   restart:
-    description: The artifact, the config or the unit changed; restart (or start) the service.
+    description:
+      - The artifact, the config or the unit changed; restart (or start) the service.
+      - A running process that started before the last change of I(current) or I(unit_path)
+        is restarted as well, so a restart lost to a failed run is made up.
     type: bool
     default: false
   should_run:
-    description: The agent can do something (registered, or a token was just embedded); start it.
+    description:
+      - The agent can do something (registered, or a token was just embedded); start it.
+      - Omitted (the configure step did not run), the agent's status decides.
     type: bool
-    default: false
+  current:
+    description: The C(current) version link; a running process older than it is restarted.
+    type: path
+    default: /opt/redflag-agent/current
+  unit_path:
+    description: The unit file; a running process older than it is restarted.
+    type: path
+    default: /etc/systemd/system/redflag-agent.service
   verify:
     description: Wait for and classify the outcome.
     type: bool
@@ -82,13 +94,21 @@ outcome:
 """
 
 import json
+import os
 import time
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
-STATE_PROPS = ("ActiveState", "UnitFileState", "NeedDaemonReload")
+STATE_PROPS = (
+    "ActiveState",
+    "UnitFileState",
+    "NeedDaemonReload",
+    "ExecMainPID",
+    "ExecMainStartTimestampMonotonic",
+)
+STALE_SLACK_S = 1.0
 FIRST_POLL = 0.25
 RUNNING = ("active", "activating", "reloading")
 EX_REJECTED = 77
@@ -167,11 +187,7 @@ def decide(
 def plan(unit: dict[str, str], daemon_reload: bool, restart: bool, should_run: bool) -> list[str]:
     """systemctl actions, in order, for the unit's current state (pure)."""
     actions = []
-    if (
-        daemon_reload
-        or unit.get("NeedDaemonReload") == "yes"
-        or unit.get("LoadState") == "not-found"
-    ):
+    if daemon_reload or unit.get("NeedDaemonReload") == "yes":
         actions.append("daemon-reload")
     if unit.get("UnitFileState") != "enabled":
         actions.append("enable")
@@ -180,6 +196,17 @@ def plan(unit: dict[str, str], daemon_reload: bool, restart: bool, should_run: b
     elif should_run and unit.get("ActiveState") not in RUNNING:
         actions.append("start")
     return actions
+
+
+def is_stale(started_at: Optional[float], newest_change: Optional[float]) -> bool:
+    """The running process predates the current version or the unit file (pure).
+
+    Evidence, not memory: a run that switched `current` and then failed before the
+    restart leaves an old process behind; the next run sees it here and restarts it.
+    """
+    if started_at is None or newest_change is None:
+        return False
+    return newest_change > started_at + STALE_SLACK_S
 
 
 def poll_delays(retries: int, delay: float) -> list[float]:
@@ -199,6 +226,25 @@ def show(module: AnsibleModule, unit: str, props: tuple[str, ...]) -> dict[str, 
         argv += ["-p", prop]
     _rc, out, _err = module.run_command(argv)
     return parse_show(out)
+
+
+def started_at(unit: dict[str, str]) -> Optional[float]:
+    """Wall-clock start of the running main process, from systemd's monotonic stamp."""
+    mono_us = _int(unit.get("ExecMainStartTimestampMonotonic"))
+    if unit.get("ActiveState") not in RUNNING or _int(unit.get("ExecMainPID")) <= 0 or mono_us <= 0:
+        return None
+    return time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - mono_us / 1e6)
+
+
+def newest_change(paths: list[str]) -> Optional[float]:
+    """Latest mtime of the given paths (links themselves, not their targets)."""
+    times = []
+    for path in paths:
+        try:
+            times.append(os.lstat(path).st_mtime)
+        except OSError:
+            continue
+    return max(times) if times else None
 
 
 def apply_actions(module: AnsibleModule, unit: str, actions: list[str]) -> None:
@@ -235,7 +281,9 @@ def main() -> None:
             "unit": {"type": "str", "default": "redflag-agent.service"},
             "daemon_reload": {"type": "bool", "default": False},
             "restart": {"type": "bool", "default": False},
-            "should_run": {"type": "bool", "default": False},
+            "should_run": {"type": "bool"},
+            "current": {"type": "path", "default": "/opt/redflag-agent/current"},
+            "unit_path": {"type": "path", "default": "/etc/systemd/system/redflag-agent.service"},
             "verify": {"type": "bool", "default": True},
             "token_embedded": {"type": "bool", "default": False},
             "retries": {"type": "int", "default": 20},
@@ -245,9 +293,15 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    actions = plan(
-        show(module, p["unit"], STATE_PROPS), p["daemon_reload"], p["restart"], p["should_run"]
-    )
+    unit_state = show(module, p["unit"], STATE_PROPS)
+    stale = is_stale(started_at(unit_state), newest_change([p["current"], p["unit_path"]]))
+    should_run = p["should_run"]
+    if should_run is None:  # the configure step did not run (--tags): ask the agent
+        status, _unit = observe(module)
+        should_run = bool(
+            status and (status.get("registered") or status.get("registration_token_present"))
+        )
+    actions = plan(unit_state, p["daemon_reload"], p["restart"] or stale, should_run)
     if not module.check_mode:
         apply_actions(module, p["unit"], actions)
     if module.check_mode or not p["verify"]:

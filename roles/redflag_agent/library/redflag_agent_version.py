@@ -38,6 +38,12 @@ options:
     description: Root of the installed versions.
     type: path
     default: /opt/redflag-agent
+  copied:
+    description:
+      - The copy step changed the zipapp. In check mode the file on the host is still the
+        old one, so its checksum is not compared then.
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -45,6 +51,10 @@ changes:
   description: What was (or in check mode would be) changed, one line each.
   type: list
   elements: str
+  returned: always
+switched:
+  description: current now points at I(version) and did not before (the service must restart).
+  type: bool
   returned: always
 previous_version:
   description: Where current pointed before, or null.
@@ -110,9 +120,9 @@ class Versions:
                 msg="the zipapp's .sha256 file on the controller is missing or unreadable; "
                 "rebuild the zipapp (agent_src/build_zipapp.py) or fix redflag_agent_artifact"
             )
+        if self.check and (self.p["copied"] or not os.path.exists(pyz)):
+            return
         if not os.path.exists(pyz):
-            if self.check:
-                return
             self.module.fail_json(msg=f"{pyz} is missing after the copy step")
         actual = sha256_of(pyz)
         if actual != expected:
@@ -164,6 +174,7 @@ def main() -> None:
             "keep_versions": {"type": "int", "default": 2},
             "version_re": {"type": "str", "required": True},
             "opt_dir": {"type": "path", "default": "/opt/redflag-agent"},
+            "copied": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -177,6 +188,7 @@ def main() -> None:
     module.exit_json(
         changed=bool(versions.changes),
         changes=versions.changes,
+        switched=previous != p["version"],
         previous_version=previous,
         pruned=pruned,
     )
