@@ -73,3 +73,18 @@ def test_downgrade_to_a(host, identity):
     assert restarted == 1
     _assert_running(host, A, identity["agent_id"])
     assert host.file(f"/opt/redflag-agent/{B}/redflag-agent.pyz").exists, "B not kept for rollback"
+
+
+def test_a_restart_lost_to_a_failed_run_is_made_up(host, identity):
+    # As if a run had switched current to B and then failed before the service step:
+    # the A process keeps running, and nothing on disk differs from what B's converge
+    # writes, so only the evidence (process older than current) can call for the restart.
+    switch = (
+        f"ln -sfn {B} /opt/redflag-agent/current.lost && "
+        "mv -T /opt/redflag-agent/current.lost /opt/redflag-agent/current"
+    )
+    host.run_expect([0], f"sleep 1.5 && {switch}")
+    changed, restarted = _converge(host, B)
+    assert (changed, restarted) == (1, 1), "the old process must be restarted from the evidence"
+    _assert_running(host, B, identity["agent_id"])
+    assert _converge(host, B) == (0, 0)
