@@ -1,10 +1,11 @@
 #!/usr/bin/python
 """Ansible module: activate the copied zipapp version.
 
-Checks the copy under opt_dir/<version> against the controller's published sha256,
-points `current` at it (a new link renamed over the old one: atomic), and prunes old
-versions (the previous one kept first, for rollback). `versions_to_prune()` is pure and
-tested in tests/role.
+Points `current` at opt_dir/<version> (a new link renamed over the old one: atomic) and
+prunes old versions (the previous one kept first, for rollback). The zipapp's content is
+already proven by then: the role checks the artifact against its .sha256 on the
+controller, `copy` checks its transfer, and redflag_agent_host checks a zipapp the copy
+skipped. `versions_to_prune()` is pure and tested in tests/role.
 """
 
 from __future__ import annotations
@@ -12,18 +13,14 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: redflag_agent_version
-short_description: Verify, activate and prune RedFlag agent versions
+short_description: Activate and prune RedFlag agent versions
 description:
-  - Checks C(opt_dir/version/redflag-agent.pyz) against I(sha256), points C(opt_dir/current)
-    at I(version) (atomic rename) and removes versions beyond I(keep_versions).
+  - Points C(opt_dir/current) at I(version) (atomic rename) once
+    C(opt_dir/version/redflag-agent.pyz) exists, and removes versions beyond I(keep_versions).
   - Supports check mode (reports what would change).
 options:
   version:
     description: The version being installed (a directory under I(opt_dir)).
-    type: str
-    required: true
-  sha256:
-    description: Expected sha256 of the zipapp (from the controller's .sha256 file).
     type: str
     required: true
   keep_versions:
@@ -38,12 +35,6 @@ options:
     description: Root of the installed versions.
     type: path
     default: /opt/redflag-agent
-  copied:
-    description:
-      - The copy step changed the zipapp. In check mode the file on the host is still the
-        old one, so its checksum is not compared then.
-    type: bool
-    default: false
 """
 
 RETURN = r"""
@@ -67,7 +58,6 @@ pruned:
   returned: always
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -95,14 +85,6 @@ def versions_to_prune(
     return names[max(0, keep - 1) :]
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Versions:
     """The I/O side: each step records what it changed; check mode only records."""
 
@@ -112,25 +94,12 @@ class Versions:
         self.check = module.check_mode
         self.changes: list[str] = []
 
-    def verify(self, version_dir: str) -> None:
+    def require_pyz(self, version_dir: str) -> None:
         pyz = os.path.join(version_dir, PYZ)
-        expected = (self.p["sha256"] or "").strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        if not os.path.isfile(pyz) and not self.check:
             self.module.fail_json(
-                msg="the zipapp's .sha256 file on the controller is missing or unreadable; "
-                "rebuild the zipapp (agent_src/build_zipapp.py) or fix redflag_agent_artifact"
-            )
-        if self.check and (self.p["copied"] or not os.path.exists(pyz)):
-            return
-        if not os.path.exists(pyz):
-            self.module.fail_json(msg=f"{pyz} is missing after the copy step")
-        actual = sha256_of(pyz)
-        if actual != expected:
-            self.module.fail_json(
-                msg=f"{pyz} has sha256 {actual} but the controller's .sha256 says {expected}; the "
-                "copy or the controller's zipapp is corrupt: rebuild the zipapp "
-                "(agent_src/build_zipapp.py) or remove the file on the host, and re-run "
-                "(current still points at the previous version)"
+                msg=f"{pyz} is missing after the copy step; current still points at the "
+                "previous version: re-run the role without tags"
             )
 
     def link_current(self, version: str) -> Optional[str]:
@@ -170,11 +139,9 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "version": {"type": "str", "required": True},
-            "sha256": {"type": "str", "required": True},
             "keep_versions": {"type": "int", "default": 2},
             "version_re": {"type": "str", "required": True},
             "opt_dir": {"type": "path", "default": "/opt/redflag-agent"},
-            "copied": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -182,7 +149,7 @@ def main() -> None:
     if p["keep_versions"] < 1:
         module.fail_json(msg="keep_versions must be 1 or more")
     versions = Versions(module)
-    versions.verify(os.path.join(p["opt_dir"], p["version"]))
+    versions.require_pyz(os.path.join(p["opt_dir"], p["version"]))
     previous = versions.link_current(p["version"])
     pruned = versions.prune(p["version"], previous)
     module.exit_json(
