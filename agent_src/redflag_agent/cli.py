@@ -336,8 +336,9 @@ def config_diff(old: Optional[dict[str, Any]], new: dict[str, Any], path: str) -
                                         tofile=path))
 
 
-def write_failed_message(path: Any, exc: OSError, unchanged: bool) -> str:
-    """Pure: what `config apply` says when the write fails (full disk, read-only, ...)."""
+def write_failed_message(path: Any, exc: OSError, unchanged: bool, writing: bool = True) -> str:
+    """Pure: what `config apply` says when the write (or the read/lock before it) fails:
+    full disk, read-only filesystem, permissions, I/O errors."""
     import errno  # noqa: PLC0415
 
     reason = exc.strerror or str(exc)
@@ -352,13 +353,15 @@ def write_failed_message(path: Any, exc: OSError, unchanged: bool) -> str:
         "EACCES": "run it as root (the role does)",
         "EPERM": "run it as root (the role does)",
     }.get(code or "", "fix the cause named above")
-    return (f"cannot write {where}: {reason}" + (f" ({code})" if code else "")
+    verb = "write" if writing else "read or lock"
+    return (f"cannot {verb} {where}: {reason}" + (f" ({code})" if code else "")
             + f"; {what}. {fix[0].upper()}{fix[1:]} and apply again")
 
 
 def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
     log = logs.get("config")
     current: Optional[dict[str, Any]] = None
+    writing = False
     try:
         settings, token, reregister = parse_apply_input(read_apply_input(sys.stdin.buffer))
         with cfgmod.config_lock(paths):
@@ -366,13 +369,14 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
             new = cfgmod.merge_desired(current, settings, token, reregister)
             changed = current != new
             if changed and not args.check:
+                writing = True
                 cfgmod.save_config(paths, new)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
     except OSError as exc:
-        log.error("%s", write_failed_message(paths.config_file, exc,
-                                             _still_holds(paths, current)))
+        unchanged = not writing or _still_holds(paths, current)
+        log.error("%s", write_failed_message(paths.config_file, exc, unchanged, writing))
         return EX_CONFIG
     result = {
         "changed": changed,

@@ -245,6 +245,12 @@ def test_write_failed_message(err, unchanged, fragments):
         assert fragment in msg, msg
 
 
+def test_a_failed_read_or_lock_is_not_called_a_write():
+    err = OSError(errno.EIO, "Input/output error", "/c")
+    msg = cli.write_failed_message("/c/config.json", err, True, writing=False)
+    assert msg.startswith("cannot read or lock /c: Input/output error (EIO); nothing was changed")
+
+
 def _raised(exc: BaseException) -> BaseException:
     try:
         raise exc
