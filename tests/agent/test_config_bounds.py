@@ -287,3 +287,20 @@ def test_main_catches_a_stray_config_error(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_status", stray)
     assert cli.main(["status"]) == 78
     assert "field 'y' is wrong" in capsys.readouterr().err
+
+
+def test_config_apply_failing_before_the_write_says_nothing_changed(monkeypatch, capsys,
+                                                                   tmp_path):
+    import io  # noqa: PLC0415
+
+    def eio(_paths):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path))
+
+    (tmp_path / "etc/redflag-agent").mkdir(parents=True)
+    (tmp_path / "etc/redflag-agent/config.json").write_text(json.dumps(V6))
+    monkeypatch.setenv("REDFLAG_ROOT", str(tmp_path))
+    monkeypatch.setattr(c, "config_lock", eio)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"settings": {}}')))
+    assert cli.main(["config", "apply"]) == 78
+    err = capsys.readouterr().err
+    assert f"cannot read or lock {tmp_path}: Input/output error (EIO); nothing was changed" in err
