@@ -288,13 +288,28 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
 APPLY_KEYS = {"settings", "registration_token", "reregister"}
 
 
+APPLY_SHAPE = '{"settings": {...}, "registration_token": ..., "reregister": false}'
+
+
+def read_apply_input(stream: Any) -> str:
+    """stdin of `config apply`, bounded and decoded; ConfigError when unusable."""
+    data = stream.read(cfgmod.MAX_APPLY_INPUT + 1)
+    if len(data) > cfgmod.MAX_APPLY_INPUT:
+        raise cfgmod.ConfigError(f"config apply: stdin is larger than "
+                                 f"{cfgmod.MAX_APPLY_INPUT // 1024} KiB; expected {APPLY_SHAPE}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise cfgmod.ConfigError(f"config apply: stdin is not UTF-8 (invalid byte at offset "
+                                 f"{exc.start}); expected {APPLY_SHAPE}") from None
+
+
 def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool]:
     try:
-        obj = json.loads(data)
+        obj = cfgmod.loads_json(data, "config apply: stdin")
     except ValueError as exc:
         raise cfgmod.ConfigError(f"config apply: stdin is not valid JSON ({exc}); expected "
-                                 '{"settings": {...}, "registration_token": ..., '
-                                 '"reregister": false}') from None
+                                 f"{APPLY_SHAPE}") from None
     if not isinstance(obj, dict):
         raise cfgmod.ConfigError("config apply: stdin must be a JSON object with 'settings'")
     unknown = sorted(set(obj) - APPLY_KEYS)
@@ -321,18 +336,47 @@ def config_diff(old: Optional[dict[str, Any]], new: dict[str, Any], path: str) -
                                         tofile=path))
 
 
+def write_failed_message(path: Any, exc: OSError, unchanged: bool, writing: bool = True) -> str:
+    """Pure: what `config apply` says when the write (or the read/lock before it) fails:
+    full disk, read-only filesystem, permissions, I/O errors."""
+    import errno  # noqa: PLC0415
+
+    reason = exc.strerror or str(exc)
+    code = errno.errorcode.get(exc.errno or 0)
+    where = exc.filename or path
+    what = (f"nothing was changed: {path} still holds the previous settings" if unchanged
+            else f"{path} may hold the new settings but the write did not complete")
+    fix = {
+        "ENOSPC": f"free space on the filesystem holding {os.path.dirname(os.fspath(path))}",
+        "EDQUOT": "free space within the disk quota",
+        "EROFS": "remount the filesystem read-write",
+        "EACCES": "run it as root (the role does)",
+        "EPERM": "run it as root (the role does)",
+    }.get(code or "", "fix the cause named above")
+    verb = "write" if writing else "read or lock"
+    return (f"cannot {verb} {where}: {reason}" + (f" ({code})" if code else "")
+            + f"; {what}. {fix[0].upper()}{fix[1:]} and apply again")
+
+
 def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
     log = logs.get("config")
+    current: Optional[dict[str, Any]] = None
+    writing = False
     try:
-        settings, token, reregister = parse_apply_input(sys.stdin.read())
+        settings, token, reregister = parse_apply_input(read_apply_input(sys.stdin.buffer))
         with cfgmod.config_lock(paths):
             current = cfgmod.read_config(paths.config_file)
             new = cfgmod.merge_desired(current, settings, token, reregister)
             changed = current != new
             if changed and not args.check:
+                writing = True
                 cfgmod.save_config(paths, new)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
+        return EX_CONFIG
+    except OSError as exc:
+        unchanged = not writing or _still_holds(paths, current)
+        log.error("%s", write_failed_message(paths.config_file, exc, unchanged, writing))
         return EX_CONFIG
     result = {
         "changed": changed,
@@ -357,6 +401,14 @@ def cmd_version(_paths: Paths, _args: argparse.Namespace) -> int:
 
     print(AGENT_VERSION)
     return EX_OK
+
+
+def _still_holds(paths: Paths, before: Optional[dict[str, Any]]) -> bool:
+    """After a failed write: does config.json still hold what it held before?"""
+    try:
+        return cfgmod.read_config(paths.config_file) == before
+    except (cfgmod.ConfigError, OSError):
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,11 +446,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """An exception's text fit for one log line: control characters escaped, bounded."""
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    return shown + ("..." if len(text) > limit else "")
+
+
+def unexpected_error(command: str, exc: BaseException) -> str:
+    """Pure: the one-line report of an exception no command handled.
+
+    OSError is the host's doing (disk, permissions, mounts); anything else is a bug in
+    the agent, reported with where it happened so it can be found without the traceback.
+    """
+    import traceback  # noqa: PLC0415 - only on this path
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = (f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in "
+          f"{frames[-1].name}") if frames else ""
+    if isinstance(exc, OSError):
+        where = f" on {exc.filename}" if exc.filename else ""
+        return (f"{command} stopped: {_one_line(exc.strerror or str(exc))}{where} "
+                f"({type(exc).__name__}{at}); fix that on the host and start again "
+                f"(exit {EX_CONFIG}: no automatic restart)")
+    return (f"{command} stopped on an unexpected {type(exc).__name__}: {_one_line(str(exc))}"
+            f"{at}. This is a bug in redflag-agent: report it with the output of "
+            f"`REDFLAG_LOG_LEVEL=debug redflag-agent {command}` (exit {EX_CONFIG}: no "
+            "automatic restart, so a bug cannot become a restart loop)")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(os.environ.get("REDFLAG_LOG_LEVEL", "info"))
-    paths = Paths.from_env()
+    command = " ".join(filter(None, (args.command, getattr(args, "config_command", None))))
     try:
-        return int(args.func(paths, args))
+        return int(args.func(Paths.from_env(), args))
     except KeyboardInterrupt:
         return 130
+    except cfgmod.ConfigError as exc:  # a command that let one through
+        logs.get("agent").error("%s", exc)
+        return EX_CONFIG
+    except Exception as exc:
+        # Safety net: exit 1 and a bare traceback would make systemd restart a broken agent
+        # every 30 s. 78 stops the unit (RestartPreventExitStatus) and says why; the
+        # traceback stays one REDFLAG_LOG_LEVEL=debug away.
+        import traceback  # noqa: PLC0415
+
+        log = logs.get("agent")
+        log.error("%s", unexpected_error(command, exc))
+        log.debug("traceback:\n%s", "".join(traceback.format_exception(
+            type(exc), exc, exc.__traceback__)).rstrip())
+        return EX_CONFIG

@@ -9,7 +9,9 @@ import contextlib
 import copy
 import fcntl
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -17,7 +19,7 @@ from typing import Any, Optional, Union
 from .atomic import atomic_write_bytes, dumps_json
 from .owner import chown_to_agent
 from .paths import Paths
-from .version import CONFIG_SCHEMA_VERSION
+from .version import AGENT_VERSION, CONFIG_SCHEMA_VERSION
 
 CURRENT_SCHEMA = int(CONFIG_SCHEMA_VERSION)
 SECRET_KEYS = ("registration_token", "token", "refresh_token", "proxy.password")
@@ -36,8 +38,26 @@ SUB_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _STR_OR_NULL = "a string or null"
-# field -> (checker, description of what is expected)
-_NUM = (int, float)
+
+# Ranges (inclusive) for the numbers an operator may set. check_in_interval: 1 s (the
+# check-in loop never waits less anyway) to one day; upstream's default is 300.
+CHECK_IN_INTERVAL_RANGE = (1, 86400)
+INT_RANGES: dict[str, tuple[int, int, str]] = {
+    "check_in_interval": (*CHECK_IN_INTERVAL_RANGE, " (seconds)"),
+    "network.retry_count": (0, 100, ""),
+    "network.max_idle_conn": (0, 10000, ""),
+    "logging.max_size": (0, 1048576, " (MB)"),
+    "logging.max_backups": (0, 10000, ""),
+    "logging.max_age": (0, 36500, " (days)"),
+}
+# Deeper than any config this agent or upstream writes; keeps deepcopy/dumps far from
+# Python's recursion limit.
+MAX_DEPTH = 32
+# int64 has 19 digits: anything longer is no config value (and int() of a 5000-digit
+# literal raises ValueError since Python 3.11)
+MAX_INT_DIGITS = 30
+# `config apply` input: settings are a few hundred bytes
+MAX_APPLY_INPUT = 1024 * 1024
 
 
 def _is_str_or_null(v: Any) -> bool:
@@ -49,11 +69,31 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, _NUM) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _is_str_map(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _digits(v: Any) -> Optional[int]:
+    """The int of an ASCII-digit string (surrounding blanks allowed), else None.
+
+    str.isdigit() also accepts "²" and 5000-digit strings, on which int() raises.
+    """
+    if not isinstance(v, str):
+        return None
+    s = v.strip()
+    return int(s) if _ASCII_DIGITS.fullmatch(s) else None
+
+
+def _int_in(field: str) -> tuple[Any, str]:
+    lo, hi, unit = INT_RANGES[field]
+    what = "a positive integer" if lo > 0 else "an integer"
+    return (lambda v: _is_int(v) and lo <= v <= hi), f"{what} from {lo} to {hi}{unit}"
 
 
 _CURRENT_TYPES: dict[str, tuple[Any, str]] = {
@@ -62,7 +102,7 @@ _CURRENT_TYPES: dict[str, tuple[Any, str]] = {
     "agent_id": (_is_str_or_null, _STR_OR_NULL),
     "token": (_is_str_or_null, _STR_OR_NULL),
     "refresh_token": (_is_str_or_null, _STR_OR_NULL),
-    "check_in_interval": (lambda v: _is_int(v) and v > 0, "a positive integer (seconds)"),
+    "check_in_interval": _int_in("check_in_interval"),
     "rapid_polling_enabled": (lambda v: isinstance(v, bool), "true or false"),
     "rapid_polling_until": (_is_str_or_null, _STR_OR_NULL),
     "network": (lambda v: isinstance(v, dict), "an object"),
@@ -77,7 +117,13 @@ _CURRENT_TYPES: dict[str, tuple[Any, str]] = {
 }
 
 _SUB_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
-    "network": {k: (_is_num, "a number") for k in SUB_DEFAULTS["network"]},
+    "network": {
+        # ranges of the durations: _check_durations (seconds or Go nanoseconds)
+        "timeout": (_is_num, "a number"),
+        "retry_delay": (_is_num, "a number"),
+        "retry_count": _int_in("network.retry_count"),
+        "max_idle_conn": _int_in("network.max_idle_conn"),
+    },
     "proxy": {
         "enabled": (lambda v: isinstance(v, bool), "true or false"),
         **{k: (_is_str_or_null, _STR_OR_NULL)
@@ -90,14 +136,20 @@ _SUB_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
     "logging": {
         "level": (lambda v: isinstance(v, str), "a string"),
         "file": (_is_str_or_null, _STR_OR_NULL),
-        **{k: (_is_num, "a number") for k in ("max_size", "max_backups", "max_age")},
+        **{k: _int_in(f"logging.{k}") for k in ("max_size", "max_backups", "max_age")},
     },
 }
 
+
+def _legacy_interval(v: Any) -> bool:
+    n = _digits(v)
+    lo, hi, _ = INT_RANGES["check_in_interval"]
+    return n is not None and lo <= n <= hi
+
+
 # Older agents wrote a few fields in other shapes; accepted only below schema 6.
 _LEGACY_ALTERNATIVES: dict[str, tuple[Any, str]] = {
-    "check_in_interval": (lambda v: isinstance(v, str) and v.strip().isdigit()
-                          and int(v) > 0, "a number as a string"),
+    "check_in_interval": (_legacy_interval, "a number as a string"),
     "proxy": (lambda v: isinstance(v, str), "a proxy URL string"),
     "tags": (lambda v: isinstance(v, str), "a comma-separated string"),
     "metadata": (lambda v: isinstance(v, dict), "an object"),
@@ -120,6 +172,87 @@ def _fix_hint(path: Optional[PathLike]) -> str:
             "or `redflag-agent config apply`)")
 
 
+class _BadNumber:
+    """A literal json accepts that no config may hold (NaN, Infinity, 1e400, 10**400)."""
+
+    __slots__ = ("text", "why")
+
+    def __init__(self, text: str, why: str) -> None:
+        self.text = text
+        self.why = why
+
+
+def _parse_constant(text: str) -> _BadNumber:
+    return _BadNumber(text, "is not JSON (NaN and Infinity are not numbers in JSON)")
+
+
+def _parse_float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _BadNumber(text, "is too large (it reads as "
+                                                               "infinity)")
+
+
+def _parse_int(text: str) -> Any:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        return _BadNumber(text, f"has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """Safe inside a log line: control characters escaped, length bounded."""
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _child(at: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{at}[{key}]"
+    return f"{at}.{key}" if at else str(key)
+
+
+def _check_tree(obj: Any, where: str, hint: str = "") -> None:
+    """ConfigError for nesting deeper than MAX_DEPTH or a number no config may hold.
+
+    Iterative: a deep tree must not hit the recursion limit here either.
+    """
+    stack: list[tuple[Any, str, int]] = [(obj, "", 1)]
+    while stack:
+        node, at, depth = stack.pop()
+        field = f"field {_printable(at, 200)}" if at else "the top level"
+        bad: Optional[str] = None
+        if isinstance(node, _BadNumber):
+            bad = f"{_printable(node.text, 40)} {node.why}"
+        elif isinstance(node, float) and not math.isfinite(node):
+            bad = f"{node!r} is not a finite number"
+        elif _is_int(node) and node.bit_length() > 100:
+            bad = f"an integer with more than {MAX_INT_DIGITS} digits is out of range"
+        if bad is not None:
+            raise ConfigError(f"{where}: {field}: {bad}; use a plain number{hint}")
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_DEPTH:
+            top = at.split(".", 1)[0].split("[", 1)[0]
+            raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels of "
+                              f"[ and {{ under field {_printable(top)}){hint}")
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        # reversed: the first bad value in the file is the one reported
+        stack.extend((v, _child(at, k), depth + 1) for k, v in reversed(items))
+
+
+def loads_json(text: str, where: str, hint: str = "") -> Any:
+    """json.loads, bounded: ConfigError naming `where` (and the field) for nesting deeper
+    than MAX_DEPTH, NaN/Infinity, numbers that overflow. json.JSONDecodeError passes
+    through for the caller to word."""
+    try:
+        obj = json.loads(text, parse_constant=_parse_constant, parse_float=_parse_float,
+                         parse_int=_parse_int)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels of [ and "
+                          f"{{){hint}") from None
+    _check_tree(obj, where, hint)
+    return obj
+
+
 def parse_config_bytes(data: bytes, path: Optional[PathLike] = None) -> dict[str, Any]:
     where = _where(path)
     if not data.strip():
@@ -133,7 +266,7 @@ def parse_config_bytes(data: bytes, path: Optional[PathLike] = None) -> dict[str
         raise ConfigError(f"{where}: not UTF-8 text (invalid byte at offset {exc.start}); "
                           f"{_fix_hint(path)}") from None
     try:
-        cfg = json.loads(text)
+        cfg = loads_json(text, where, f"; {_fix_hint(path)}")
     except json.JSONDecodeError as exc:
         stripped = text.rstrip()
         truncated = (exc.pos >= len(stripped) or exc.msg.startswith("Unterminated string")
@@ -157,7 +290,10 @@ DURATION_FIELDS = ("timeout", "retry_delay")
 
 def duration_seconds(value: Any) -> float:
     """Pure: a network duration in seconds, from seconds or Go nanoseconds."""
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: out of every range
+        return math.inf
     if seconds >= _GO_DURATION_MIN_NS:
         seconds /= 1e9
     return seconds
@@ -169,14 +305,25 @@ def _check_durations(cfg: dict[str, Any], path: Optional[PathLike]) -> None:
         return
     for key in DURATION_FIELDS:
         if key in network and not 0 < duration_seconds(network[key]) <= MAX_NETWORK_SECONDS:
-            raise ConfigError(f"{_where(path)}: field network.{key} must be between 0 and "
-                              f"{MAX_NETWORK_SECONDS:.0f} seconds (or Go nanoseconds), found "
-                              f"{network[key]!r}; {_fix_hint(path)}")
+            raise ConfigError(f"{_where(path)}: field network.{key} must be more than 0 and at "
+                              f"most {MAX_NETWORK_SECONDS:.0f} seconds (or Go nanoseconds), "
+                              f"found {_describe(network[key])}; {_fix_hint(path)}")
+
+
+def newer_schema_message(version: int, path: Optional[PathLike] = None) -> str:
+    return (f"{_where(path)}: config schema {version} was written by a newer redflag-agent; "
+            f"this agent ({AGENT_VERSION}) knows config schema {CURRENT_SCHEMA} and older, so "
+            "it neither uses nor rewrites this file. Install the agent version that wrote it "
+            "(or a newer one), or restore the older config from a backup (the migration "
+            "backups under /var/lib/redflag-agent/migration_backups), then start again")
 
 
 def validate(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
-    """Raise ConfigError naming the first field of a wrong type."""
+    """Raise ConfigError naming the first field of a wrong type or out of range, or a schema
+    newer than this agent's."""
     where = _where(path)
+    _check_tree(cfg, where, f"; {_fix_hint(path)}")
+    refuse_newer_schema(cfg, path)
     version = schema_version_of(cfg, path)
     legacy = version is None or version < CURRENT_SCHEMA
     for key, (ok, expected) in _CURRENT_TYPES.items():
@@ -202,12 +349,17 @@ def validate(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
 
 
 def _describe(value: Any) -> str:
+    """What was found; numbers by value (never a string's content: it may be a secret)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if value.bit_length() > 100:
+            return f"an integer with more than {MAX_INT_DIGITS} digits"
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
@@ -242,10 +394,19 @@ def schema_version_of(cfg: dict[str, Any], path: Optional[PathLike] = None) -> O
         return v
     if isinstance(v, float) and v.is_integer() and v >= 0:
         return int(v)
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v.strip())
+    digits = _digits(v)
+    if digits is not None:
+        return digits
+    shown = _describe(v) if _is_num(v) else _printable(json.dumps(v), 60)
     raise ConfigError(f"{_where(path)}: field 'version' must be a schema number such as \"6\", "
-                      f"found {json.dumps(v)}; {_fix_hint(path)}")
+                      f"found {shown}; {_fix_hint(path)}")
+
+
+def refuse_newer_schema(cfg: dict[str, Any], path: Optional[PathLike] = None) -> None:
+    """ConfigError when a newer agent wrote cfg: nothing may rewrite it down to ours."""
+    version = schema_version_of(cfg, path)
+    if version is not None and version > CURRENT_SCHEMA:
+        raise ConfigError(newer_schema_message(version, path))
 
 
 def needs_schema_upgrade(cfg: dict[str, Any]) -> bool:
@@ -254,12 +415,15 @@ def needs_schema_upgrade(cfg: dict[str, Any]) -> bool:
 
 
 def upgrade_to_current(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Pure: the same config at schema 6. Unknown keys are kept, key order is kept."""
+    """Pure: the same config at schema 6. Unknown keys are kept, key order is kept.
+
+    A newer schema is refused (ConfigError), never rewritten down to ours."""
+    refuse_newer_schema(cfg)
     out = copy.deepcopy(cfg)
     out["version"] = CONFIG_SCHEMA_VERSION
-    cii = out.get("check_in_interval")
-    if isinstance(cii, str) and cii.strip().isdigit():
-        out["check_in_interval"] = int(cii.strip())
+    cii = _digits(out.get("check_in_interval"))
+    if cii is not None:
+        out["check_in_interval"] = cii
     proxy = out.get("proxy")
     if isinstance(proxy, str):
         out["proxy"] = {"enabled": bool(proxy.strip()), "http": proxy, "https": proxy}
@@ -315,6 +479,8 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
                                            or not registration_token.strip()):
         raise ConfigError("config apply: 'registration_token' must be a non-empty string "
                           "(omit it when the host does not need to enroll)")
+    if current is not None:
+        refuse_newer_schema(current, "the current config")
     base = upgrade_to_current(current) if current is not None else {
         "version": CONFIG_SCHEMA_VERSION}
     for key, value in settings.items():

@@ -78,8 +78,6 @@ CASES = [
     ("string version \"5\"", lambda p: make_current(p, fresh_config(version="5")),
      ["config", "security"]),
     ("numeric version 6", lambda p: make_current(p, fresh_config(version=6)), []),
-    ("newer schema \"7\" is left alone", lambda p: make_current(p, fresh_config(version="7")),
-     []),
     ("missing version (upstream install script)",
      lambda p: make_current(p, {"server_url": SERVER, "registration_token": "x"}),
      ["config", "security"]),

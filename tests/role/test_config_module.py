@@ -100,6 +100,36 @@ def test_interpret_errors(config_module, rc, stdout, stderr, fragment):
     assert fragment in str(err.value)
 
 
+FULL_DISK = (
+    "[ERROR] [config] cannot write /etc/redflag-agent/config.json: No space left on device "
+    "(ENOSPC); nothing was changed: /etc/redflag-agent/config.json still holds the previous "
+    "settings. Free space on the filesystem holding /etc/redflag-agent and apply again\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("rc", "stderr", "fragment"),
+    [
+        (78, FULL_DISK, "exited 78: cannot write /etc/redflag-agent/config.json: No space left"),
+        (78, "[INFO] [x] note\n" + FULL_DISK, "exited 78: cannot write"),
+        (78, "[ERROR] [agent] run stopped on an unexpected KeyError\n", "exited 78: run stopped"),
+    ],
+)
+def test_interpret_passes_the_agents_message_through(config_module, rc, stderr, fragment):
+    with pytest.raises(config_module.ApplyError) as err:
+        config_module.interpret(rc, "", stderr)
+    msg = str(err.value)
+    assert fragment in msg
+    assert "zipapp" not in msg and "[ERROR]" not in msg and "[INFO]" not in msg
+
+
+def test_agent_error_joins_lines_and_bounds_them(config_module):
+    text = "[ERROR] [a] one\n[WARN] [b] skip\n[ERROR] [c] two\n"
+    assert config_module.agent_error(text) == "one | two"
+    assert len(config_module.agent_error("[ERROR] [a] " + "x" * 5000)) == 2000
+    assert config_module.agent_error("Traceback (most recent call last):\n") == ""
+
+
 def test_not_installed_in_check_mode_would_create(config_module):
     result = config_module.not_installed_result("/opt/redflag-agent/current/redflag-agent.pyz")
     assert result["changed"] is True and result["created"] is True

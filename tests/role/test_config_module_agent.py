@@ -142,3 +142,38 @@ def test_unregistered_host_without_token_would_enroll_but_embeds_nothing(pyz, ro
     result = run_module(root, args(pyz))
     assert (result["enroll"], result["token_embedded"]) == (True, False)
     assert result["migrated"] == []
+
+
+@pytest.fixture
+def full_config_dir(root):
+    """The config directory on a 64 KiB tmpfs, filled to the last block (root only)."""
+    cdir = root / "etc" / "redflag-agent"
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cdir)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {cdir} ({res.stderr.strip()}): run as root")
+    try:
+        registered(root)
+        with open(cdir / "filler", "wb", buffering=0) as fh:
+            try:
+                for _ in range(64):
+                    fh.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield cdir
+    finally:
+        subprocess.run(["umount", str(cdir)], check=True)
+
+
+def test_full_disk_fails_the_play_with_the_agents_reason(pyz, root, full_config_dir):
+    config = full_config_dir / "config.json"
+    before = config.read_bytes()
+    bad = {**SETTINGS, "tags": ["t" * 4096]}
+    result = run_module(root, {**args(pyz), "settings": bad})
+    assert result["failed"] is True
+    assert "exited 78" in result["msg"] and "No space left on device" in result["msg"]
+    assert "nothing was changed" in result["msg"] and str(config) in result["msg"]
+    assert "zipapp" not in result["msg"] and "Traceback" not in result["msg"]
+    assert config.read_bytes() == before

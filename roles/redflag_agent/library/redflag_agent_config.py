@@ -81,6 +81,7 @@ token_embedded:
 
 import json
 import os
+import re
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
@@ -106,9 +107,20 @@ def decide_enrollment(registered: bool, force_reregister: bool, token_given: boo
     return Enrollment(enroll, enroll and token_given, bool(force_reregister) and token_given)
 
 
+_LOG_PREFIX = re.compile(r"^\[ERROR\] \[[^\]]*\] ")
+
+
+def agent_error(stderr: str) -> str:
+    """The agent's own error lines (`[ERROR] [component] message`) without the prefix: its
+    message names the file or field and the fix, so the play shows it as it is."""
+    lines = [_LOG_PREFIX.sub("", ln).strip() for ln in (stderr or "").splitlines()
+             if ln.startswith("[ERROR] ")]
+    return " | ".join(ln for ln in lines if ln)[:2000]
+
+
 def parse_json_answer(what: str, rc: int, stdout: str, stderr: str) -> dict[str, Any]:
     """The agent's JSON answer, or ApplyError naming the command and its output."""
-    detail = (stderr or stdout or "").strip()[:600]
+    detail = agent_error(stderr) or (stderr or stdout or "").strip()[:600]
     if rc != 0:
         raise ApplyError(f"redflag-agent {what} exited {rc}: {detail or 'no output'}")
     try:
@@ -139,12 +151,18 @@ def interpret(rc: int, stdout: str, stderr: str) -> dict[str, Any]:
     """Turn the agent's answer into the module result, or raise ApplyError."""
     detail = (stderr or stdout or "").strip()
     if rc != 0:
+        message = agent_error(stderr)
+        if message:
+            # the agent said what failed and what to do (full disk, bad setting, ...)
+            raise ApplyError(f"redflag-agent config apply exited {rc}: {message}")
         hint = (
             "fix the role variables it names (or the config file it names) and re-run"
             if rc == 78
             else "check that the agent zipapp runs on this host"
         )
-        raise ApplyError(f"redflag-agent config apply exited {rc}: {detail or 'no output'}; {hint}")
+        raise ApplyError(
+            f"redflag-agent config apply exited {rc}: {detail[:600] or 'no output'}; {hint}"
+        )
     try:
         answer = json.loads(stdout)
     except ValueError as exc:
