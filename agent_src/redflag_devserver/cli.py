@@ -57,7 +57,7 @@ def _rate_limit(text: str) -> tuple[int, int]:
     try:
         return rules.parse_rate_limit(text)
     except rules.InvalidInput as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+        raise argparse.ArgumentTypeError(f"{exc}, or off") from exc
 
 
 def _generation(text: str) -> str:

@@ -231,28 +231,25 @@ class Store:
                 conn.close()
 
     def _initialise(self) -> None:
+        # Judge the version before changing anything (even the WAL switch rewrites the header):
+        # a file from another version must stay untouched.
+        with self._read() as conn:
+            found = _schema_version(conn)
+        if found is not None and found != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {found}, this server knows "
+                f"{SCHEMA_VERSION}; use the matching redflag-devserver or a new --db"
+            )
         with self._read() as conn:
             conn.execute("PRAGMA journal_mode = WAL")
         with self._write() as conn:
-            # Judge the version before creating anything: an older file must stay untouched.
-            found = None
-            if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-            ).fetchone():
-                found = conn.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                ).fetchone()
-            if found is not None and found["value"] != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {found['value']}, this server knows "
-                    f"{SCHEMA_VERSION}; use the matching redflag-devserver or a new --db"
-                )
             # executescript() would commit behind our back; run statements one by one.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if found is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('jwt_secret', ?)", (secrets.token_hex(32),)
             )
@@ -630,6 +627,15 @@ class Store:
                     }
                 )
         return result
+
+
+def _schema_version(conn: sqlite3.Connection) -> Optional[str]:
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone():
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else row["value"]
 
 
 def _text_or_none(value: Any) -> Optional[str]:

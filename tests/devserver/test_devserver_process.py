@@ -15,7 +15,6 @@ import pytest
 from .conftest import Client
 from .process import ServerProcess, cli, env
 
-
 # These tests encode the 0.1.18 answers (no machine binding); the generations have their own.
 OLD_SERVER = ("--generation", "0.1.18")
 
