@@ -17,7 +17,10 @@ from redflag_devserver import jwt_hs256, rules
 from redflag_devserver.ratelimit import RateLimiter
 from redflag_devserver.store import (
     AgentNotFound,
+    BindingRefused,
+    MachineConflict,
     RefreshInvalid,
+    SeatNotConsumed,
     Store,
     TokenRefused,
     TokenUnknown,
@@ -36,14 +39,23 @@ class Settings:
     public_url: Optional[str] = None
     rate_limiter: Optional[RateLimiter] = None
     clock: Callable[[], float] = field(default=time.time)
+    generation: str = rules.DEFAULT_GENERATION
+    min_agent_version: str = rules.DEFAULT_MIN_AGENT_VERSION
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: Optional[dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Optional[dict[str, str]] = None,
+        extra: Optional[dict[str, Any]] = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.extra = extra or {}  # further fields of the JSON answer (409, 426, hints)
 
 
 Response = tuple[int, Any]
@@ -56,6 +68,7 @@ class DevServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self.generation = rules.parse_generation(settings.generation)
         self.jwt_secret = store.jwt_secret()
         super().__init__(address, Handler)
 
@@ -108,7 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             handler, args = _route(method, path)
             status, payload = handler(self, *args)
         except ApiError as exc:
-            status, payload, headers = exc.status, {"error": exc.message}, exc.headers
+            status, payload, headers = exc.status, {"error": exc.message, **exc.extra}, exc.headers
         except Exception:
             log.exception("internal error on %s %s", method, rules.loggable_path(path))
             status, payload = 500, {"error": "internal server error (see the server log)"}
@@ -195,6 +208,23 @@ class Handler(BaseHTTPRequestHandler):
         if claims.get("agent_id") != agent_id:
             raise ApiError(403, "token does not belong to this agent")
 
+    def _check_binding(self, agent_id: str, reported_version: Optional[str] = None) -> None:
+        """0.1.22+: after the JWT, the version floor (426), then the machine binding (403)."""
+        if not self.server.generation.binds_machines:
+            return
+        try:
+            binding = self.server.store.binding(agent_id)
+        except AgentNotFound as exc:
+            raise ApiError(404, "agent not found") from exc
+        version = reported_version or binding.agent_version
+        minimum = self.server.settings.min_agent_version
+        if rules.version_below(version, minimum):
+            body = rules.upgrade_required(version, minimum)
+            raise ApiError(426, body.pop("error"), extra=body)
+        refused = rules.binding_refusal(binding.machine_id, self.headers.get("X-Machine-ID"))
+        if refused is not None:
+            raise ApiError(403, refused.pop("error"), extra=refused)
+
     def _require_loopback(self) -> None:
         if not rules.is_loopback_address(self.client_address[0]):
             raise ApiError(403, "the admin API answers loopback clients only")
@@ -225,8 +255,9 @@ class Handler(BaseHTTPRequestHandler):
                     429, f"rate limit exceeded; retry in {wait} s", {"Retry-After": str(wait)}
                 )
         body = self._read_json()
+        binds = self.server.generation.binds_machines
         try:
-            reg = rules.validate_registration(body)
+            reg = rules.validate_registration(body, binding=binds)
         except rules.InvalidInput as exc:
             raise ApiError(400, str(exc)) from exc
         token, error = rules.bearer_token(self.headers.get("Authorization"))
@@ -241,8 +272,19 @@ class Handler(BaseHTTPRequestHandler):
             agent_id, refresh = self.server.store.register(token, reg, self._now())
         except TokenUnknown as exc:
             raise ApiError(401, "invalid or expired registration token") from exc
+        except SeatNotConsumed as exc:
+            message = "registration token could not be consumed"
+            raise ApiError(400, message if binds else f"{message}: {exc}") from exc
         except TokenRefused as exc:
+            if binds:  # 0.1.22+ answers revoked, expired and used-up tokens like unknown ones
+                raise ApiError(401, "invalid or expired registration token") from exc
             raise ApiError(400, f"registration token could not be consumed: {exc}") from exc
+        except MachineConflict as exc:
+            raise ApiError(
+                409,
+                str(exc),
+                extra={**exc.existing, "remediation": rules.MACHINE_CONFLICT_REMEDIATION},
+            ) from exc
         self.log_agent = agent_id
         server_url = self.server.settings.public_url or "http://" + (
             self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
@@ -264,16 +306,44 @@ class Handler(BaseHTTPRequestHandler):
         except rules.InvalidInput as exc:
             raise ApiError(400, str(exc)) from exc
         self.log_agent = renewal.agent_id
+        generation = self.server.generation
         try:
-            self.server.store.renew(renewal.agent_id, renewal.refresh_token, self._now())
+            renewed = self.server.store.renew(
+                renewal.agent_id,
+                renewal.refresh_token,
+                self._now(),
+                rotate=generation.rotates_refresh,
+                check_binding=generation.binds_machines,
+                machine_header=self.headers.get("X-Machine-ID"),
+                agent_version=renewal.agent_version if generation.binds_machines else None,
+            )
         except AgentNotFound as exc:
             raise ApiError(404, "agent not found") from exc
         except RefreshInvalid as exc:
             raise ApiError(401, "invalid or expired refresh token") from exc
-        return 200, {
+        except BindingRefused as exc:
+            body = dict(exc.body)
+            raise ApiError(403, body.pop("error"), extra=body) from exc
+        if renewed.verdict == "reuse":
+            log.warning(
+                "%s refresh token reuse: agent %s, token family revoked",
+                self.client_address[0],
+                renewal.agent_id,
+            )
+            raise ApiError(401, "refresh token reuse detected")
+        if renewed.verdict == "grace":
+            log.warning(
+                "%s refresh token grace replay: agent %s lost its rotated token; reissued",
+                self.client_address[0],
+                renewal.agent_id,
+            )
+        answer = {
             "token": self._issue_jwt(renewal.agent_id),
             "message": "token renewed successfully",
         }
+        if renewed.refresh is not None:
+            answer["refresh_token"] = renewed.refresh
+        return 200, answer
 
     def commands(self, agent_id: str) -> Response:
         self.log_agent = agent_id
@@ -282,6 +352,8 @@ class Handler(BaseHTTPRequestHandler):
             checkin = rules.validate_checkin(self._read_json())
         except rules.InvalidInput as exc:
             raise ApiError(400, str(exc)) from exc
+        # The version this check-in reports counts, so an upgraded agent is not held at 426.
+        self._check_binding(agent_id, checkin.version)
         try:
             handed_out = self.server.store.check_in(agent_id, checkin, self._now())
         except AgentNotFound as exc:
@@ -291,6 +363,7 @@ class Handler(BaseHTTPRequestHandler):
     def updates(self, agent_id: str) -> Response:
         self.log_agent = agent_id
         self._authenticate(agent_id)
+        self._check_binding(agent_id)
         try:
             report = rules.validate_update_report(self._read_json())
         except rules.InvalidInput as exc:
@@ -304,6 +377,7 @@ class Handler(BaseHTTPRequestHandler):
     def unregister(self, agent_id: str) -> Response:
         self.log_agent = agent_id
         self._authenticate(agent_id)
+        self._check_binding(agent_id)
         try:
             self.server.store.deregister(agent_id, self._now())
         except AgentNotFound as exc:
@@ -369,6 +443,37 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "agent not found (or deregistered)") from exc
         return 201, command
 
+    def admin_rebind(self, agent_id: str) -> Response:
+        """Bind an agent to a new machine ID (upstream: an admin action; the agent cannot)."""
+        self._require_loopback()
+        self.log_agent = agent_id
+        body = self._read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("machine_id"), str):
+            raise ApiError(400, 'request body must be a JSON object: {"machine_id": "<64 hex>"}')
+        try:
+            old = self.server.store.rebind(agent_id, body["machine_id"], self._now())
+        except rules.InvalidInput as exc:
+            raise ApiError(400, str(exc)) from exc
+        except AgentNotFound as exc:
+            raise ApiError(404, "agent not found (or deregistered)") from exc
+        except MachineConflict as exc:
+            raise ApiError(409, "machine ID is bound to another agent", extra=exc.existing) from exc
+        return 200, {
+            "agent_id": agent_id,
+            "old_machine_id": old,
+            "new_machine_id": body["machine_id"],
+        }
+
+    def admin_deregister(self, agent_id: str) -> Response:
+        """Remove an agent on the server (frees its machine ID), as an operator would."""
+        self._require_loopback()
+        self.log_agent = agent_id
+        try:
+            self.server.store.deregister(agent_id, self._now())
+        except AgentNotFound as exc:
+            raise ApiError(404, "agent not found (or already deregistered)") from exc
+        return 200, {"agent_id": agent_id, "status": "deregistered"}
+
     def admin_commands(self, agent_id: str) -> Response:
         self._require_loopback()
         self.log_agent = agent_id
@@ -403,6 +508,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
         ("POST", r"/admin/agents/([^/]+)/commands", Handler.admin_queue),
         ("GET", r"/admin/agents/([^/]+)/commands", Handler.admin_commands),
         ("GET", r"/admin/agents/([^/]+)/updates", Handler.admin_updates),
+        ("POST", r"/admin/agents/([^/]+)/rebind", Handler.admin_rebind),
+        ("POST", r"/admin/agents/([^/]+)/deregister", Handler.admin_deregister),
     )
 ]
 

@@ -12,7 +12,13 @@ from typing import Any, Optional
 from redflag_devserver import render, rules, server
 from redflag_devserver.api import BindError, Settings
 from redflag_devserver.ratelimit import RateLimiter
-from redflag_devserver.store import AgentNotFound, Store, StoreError, TokenUnknown
+from redflag_devserver.store import (
+    AgentNotFound,
+    MachineConflict,
+    Store,
+    StoreError,
+    TokenUnknown,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -26,7 +32,10 @@ COMMANDS = (
     "queue-command",
     "updates",
     "commands",
+    "rebind-agent",
+    "deregister-agent",
 )
+RATE_LIMIT_OFF = (0, 0)
 
 
 def _positive_int(text: str) -> int:
@@ -43,10 +52,25 @@ def _duration(text: str) -> int:
 
 
 def _rate_limit(text: str) -> tuple[int, int]:
+    if text == "off":
+        return RATE_LIMIT_OFF
     try:
         return rules.parse_rate_limit(text)
     except rules.InvalidInput as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or off") from exc
+
+
+def _generation(text: str) -> str:
+    try:
+        return rules.parse_generation(text).name
+    except rules.InvalidInput as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _version(text: str) -> str:
+    if rules.version_key(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version such as 0.1.22")
+    return text
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -87,8 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit",
         type=_rate_limit,
         default=None,
-        metavar="N/SECONDS",
-        help="at most N registrations per client address per window (default off)",
+        metavar="N/SECONDS|off",
+        help="at most N registrations per client address per window; default: "
+        "off for --generation 0.1.18, 5/60 (upstream's limit) for 0.1.23 and 0.2",
+    )
+    p.add_argument(
+        "--generation",
+        type=_generation,
+        default=rules.DEFAULT_GENERATION,
+        help="which upstream server to behave as: 0.1.18 (no machine binding, renew answers "
+        "a token only), 0.1.23 (machine binding, 409/403/426), 0.2 (binding plus refresh-token "
+        f"rotation) (default {rules.DEFAULT_GENERATION})",
+    )
+    p.add_argument(
+        "--min-agent-version",
+        type=_version,
+        default=rules.DEFAULT_MIN_AGENT_VERSION,
+        help="agents reporting an older version get 426 on agent routes (0.1.23 and 0.2 only; "
+        f"default {rules.DEFAULT_MIN_AGENT_VERSION})",
     )
     p.add_argument(
         "--check-in-interval",
@@ -155,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_db("updates", "show an agent's reported updates")
     p.add_argument("agent_id")
     p.add_argument("--json", action="store_true")
+
+    p = with_db("rebind-agent", "bind an agent to a new machine ID (an admin action)")
+    p.add_argument("agent_id")
+    p.add_argument("machine_id", help="64 lowercase hex characters, as the agent reports it")
+
+    p = with_db(
+        "deregister-agent", "remove an agent on the server; its machine ID becomes free again"
+    )
+    p.add_argument("agent_id")
     return parser
 
 
@@ -179,11 +228,18 @@ def _run(args: argparse.Namespace) -> int:
         if refusal:
             print(f"redflag-devserver: {refusal}", file=sys.stderr)
             return EXIT_USAGE
+        rate_limit = args.rate_limit
+        if rate_limit is None and rules.parse_generation(args.generation).binds_machines:
+            rate_limit = rules.BINDING_RATE_LIMIT
         settings = Settings(
             jwt_ttl=args.jwt_ttl,
             check_in_interval=args.check_in_interval,
             public_url=args.public_url,
-            rate_limiter=RateLimiter(*args.rate_limit) if args.rate_limit else None,
+            rate_limiter=(
+                RateLimiter(*rate_limit) if rate_limit and rate_limit != RATE_LIMIT_OFF else None
+            ),
+            generation=args.generation,
+            min_agent_version=args.min_agent_version,
         )
         store = Store(args.db, create=True)
         try:
@@ -234,6 +290,26 @@ def _run(args: argparse.Namespace) -> int:
         _print_json(agents) if args.json else print(render.agents_table(agents))
         return EXIT_OK
     try:
+        if args.command == "rebind-agent":
+            try:
+                old = store.rebind(args.agent_id, args.machine_id, now)
+            except MachineConflict as exc:
+                print(
+                    f"redflag-devserver: machine ID is bound to agent "
+                    f"{exc.existing['existing_agent_id']} ({exc.existing['existing_hostname']}); "
+                    "deregister-agent that one first",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILED
+            print(
+                f"agent {args.agent_id}: machine ID {old or '(none)'} -> {args.machine_id}",
+                file=sys.stderr,
+            )
+            return EXIT_OK
+        if args.command == "deregister-agent":
+            store.deregister(args.agent_id, now)
+            print(f"agent {args.agent_id} deregistered", file=sys.stderr)
+            return EXIT_OK
         if args.command == "queue-command":
             try:
                 params = json.loads(args.params)
@@ -268,7 +344,9 @@ def _run(args: argparse.Namespace) -> int:
         _print_json(reports) if args.json else print(render.updates_table(reports))
         return EXIT_OK
     except AgentNotFound:
-        state = "not found" if args.command != "queue-command" else "not found or deregistered"
+        state = (
+            "not found" if args.command in ("commands", "updates") else "not found or deregistered"
+        )
         print(
             f"redflag-devserver: agent {args.agent_id} {state}; `agents` lists them",
             file=sys.stderr,

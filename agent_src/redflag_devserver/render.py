@@ -21,6 +21,7 @@ def agents_table(agents: Sequence[dict[str, Any]]) -> str:
             "AGENT_ID",
             "VERSION",
             "STATUS",
+            "MACHINE_ID",
             "LAST_SEEN",
             "MIGRATED_FROM",
             "REGISTERED_AT",
@@ -31,6 +32,8 @@ def agents_table(agents: Sequence[dict[str, Any]]) -> str:
                 a["agent_id"],
                 a["agent_version"],
                 a["status"],
+                # The first 16 hex characters tell machines apart; --json has all 64.
+                a["machine_id"][:16] if a["machine_id"] else None,
                 a["last_seen"],
                 a["migrated_from"],
                 a["registered_at"],

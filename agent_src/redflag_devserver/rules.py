@@ -167,9 +167,14 @@ class Registration:
     os_architecture: Optional[str]
     agent_version: str
     metadata: dict[str, str]
+    # 0.1.22+ only; a 0.1.18 server ignores these fields.
+    machine_id: Optional[str] = None
+    public_key_fingerprint: Optional[str] = None
+    os_distro: Optional[str] = None
+    available_scanners: Optional[list[str]] = None
 
 
-def validate_registration(body: Any) -> Registration:
+def validate_registration(body: Any, binding: bool = False) -> Registration:
     body = _require_object(body, "request body")
     missing = [
         key
@@ -189,13 +194,35 @@ def validate_registration(body: Any) -> Registration:
         os_architecture=_optional_string(body, "os_architecture"),
         agent_version=body["agent_version"].strip(),
         metadata=_string_map(body.get("metadata"), "metadata"),
+        **(_binding_fields(body) if binding else {}),
     )
+
+
+def _binding_fields(body: dict[str, Any]) -> dict[str, Any]:
+    machine_id = _optional_string(body, "machine_id") or None  # "" means none, as upstream
+    if machine_id is not None and not is_machine_id(machine_id):
+        raise InvalidInput(
+            "machine_id must be 64 lowercase hex characters (the SHA-256 of the host's "
+            "machine identifier), or absent"
+        )
+    scanners = body.get("available_scanners")
+    if scanners is not None and (
+        not isinstance(scanners, list) or not all(isinstance(x, str) for x in scanners)
+    ):
+        raise InvalidInput("available_scanners must be a list of strings")
+    return {
+        "machine_id": machine_id,
+        "public_key_fingerprint": _optional_string(body, "public_key_fingerprint") or None,
+        "os_distro": _optional_string(body, "os_distro") or None,
+        "available_scanners": scanners,
+    }
 
 
 @dataclass(frozen=True)
 class Renewal:
     agent_id: str
     refresh_token: str
+    agent_version: Optional[str] = None
 
 
 def validate_renewal(body: Any) -> Renewal:
@@ -211,7 +238,11 @@ def validate_renewal(body: Any) -> Renewal:
             + ", ".join(missing)
             + " (agent_id and refresh_token are required strings)"
         )
-    return Renewal(agent_id=body["agent_id"], refresh_token=body["refresh_token"])
+    return Renewal(
+        agent_id=body["agent_id"],
+        refresh_token=body["refresh_token"],
+        agent_version=_optional_string(body, "agent_version") or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -306,3 +337,132 @@ def loggable_path(path: str) -> str:
     if len(path) > 200:
         path = path[:200] + "..."
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in path)
+
+
+# Server generations (CONTRACT 4 and 4b). The lead flips DEFAULT_GENERATION to "0.2" once the
+# agent sends machine IDs; everything else follows from it.
+GENERATIONS = ("0.1.18", "0.1.23", "0.2")
+DEFAULT_GENERATION = "0.1.18"
+DEFAULT_MIN_AGENT_VERSION = "0.1.22"
+# Upstream's registration limit from 0.1.22 on: 5 requests per minute per client address.
+BINDING_RATE_LIMIT = (5, 60)
+
+
+@dataclass(frozen=True)
+class Generation:
+    name: str
+    binds_machines: bool  # machine binding, 426, strict 401 token answers (0.1.22+)
+    rotates_refresh: bool  # refresh-token rotation with reuse detection (0.2.x)
+
+
+def parse_generation(text: str) -> Generation:
+    if text not in GENERATIONS:
+        raise InvalidInput(
+            f"unknown server generation {text!r}: use one of " + ", ".join(GENERATIONS)
+        )
+    return Generation(text, binds_machines=text != "0.1.18", rotates_refresh=text == "0.2")
+
+
+_MACHINE_ID = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def is_machine_id(value: Any) -> bool:
+    """64 lowercase hex characters: a SHA-256 as the agent sends it."""
+    return isinstance(value, str) and _MACHINE_ID.match(value) is not None
+
+
+MISSING_MACHINE_ID = "missing machine ID header - agent version too old or tampered"
+NOT_BOUND = "agent not bound to machine - re-registration required"
+MACHINE_MISMATCH = "machine ID mismatch - config file copied to different machine"
+_BINDING_HINTS = {
+    MISSING_MACHINE_ID: "Please upgrade to the latest agent version (v0.1.22+)",
+    NOT_BOUND: "This agent was registered before v0.1.22. Please re-register with a new "
+    "registration token.",
+    MACHINE_MISMATCH: "Agent configuration is bound to the original machine. Please register "
+    "this machine with a new registration token.",
+}
+
+
+def binding_refusal(bound: Optional[str], header: Optional[str]) -> Optional[dict[str, str]]:
+    """The 403 body for a request whose X-Machine-ID does not prove the binding, or None.
+
+    Upstream's order: header missing, agent never bound, then an exact comparison.
+    """
+    if not header:
+        error = MISSING_MACHINE_ID
+    elif bound is None:
+        error = NOT_BOUND
+    elif header != bound:
+        error = MACHINE_MISMATCH
+    else:
+        return None
+    return {"error": error, "hint": _BINDING_HINTS[error]}
+
+
+_VERSION_PREFIX = re.compile(r"v?(\d+(?:\.\d+)*)")
+
+
+def version_key(version: Optional[str]) -> Optional[tuple[int, ...]]:
+    """'0.1.23.6' -> (0, 1, 23, 6); a suffix such as '-dev' is ignored; None if no number."""
+    match = _VERSION_PREFIX.match((version or "").strip())
+    if match is None:
+        return None
+    parts = [int(p) for p in match.group(1).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()  # 0.2 == 0.2.0
+    return tuple(parts)
+
+
+def version_below(version: Optional[str], minimum: str) -> bool:
+    """True when version is older than minimum; a version we cannot read counts as older."""
+    have, need = version_key(version), version_key(minimum)
+    if need is None:
+        return False
+    return have is None or have < need
+
+
+def upgrade_required(version: Optional[str], minimum: str) -> dict[str, Any]:
+    return {
+        "error": "agent version too old - upgrade required for security",
+        "current_version": version,
+        "minimum_version": minimum,
+        "upgrade_instructions": "Please upgrade to the latest agent version and re-register",
+    }
+
+
+MACHINE_CONFLICT_REMEDIATION = (
+    "Another agent on this server is bound to this machine ID. If this host is a clone, give "
+    "it its own machine ID (regenerate /etc/machine-id) and register again; if the old agent "
+    "is gone, remove it on the server first."
+)
+
+
+@dataclass(frozen=True)
+class RefreshState:
+    """One presented refresh token as the store found it, as plain values."""
+
+    revoked: bool
+    expires_at: float
+    consumed: bool
+    successor: Optional[str]  # None, "live", "consumed" or "revoked"
+
+
+def refresh_verdict(state: Optional[RefreshState], now: float, rotating: bool) -> str:
+    """'invalid', 'expired', 'accept', 'grace' or 'reuse' for a presented refresh token.
+
+    Grace (upstream's accept-previous-once): a consumed token whose successor was never
+    presented means the agent crashed after the server rotated but before it saved the new
+    token; the server orphans that successor and issues a fresh one. Any other replay of a
+    consumed token is reuse and costs the whole family.
+    """
+    if state is None or state.revoked:
+        return "invalid"
+    if now >= state.expires_at:
+        return "expired"
+    if not state.consumed:
+        return "accept"
+    if not rotating:
+        return "invalid"  # a server without rotation never consumes; be safe on mixed files
+    if state.successor == "live":
+        return "grace"
+    return "reuse"

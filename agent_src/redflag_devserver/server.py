@@ -72,9 +72,10 @@ def serve(
             written.append(pid_file)
         thread.start()
         log.info(
-            "listening on %s port %d, database %s, jwt ttl %d s, rate limit %s",
+            "listening on %s port %d, generation %s, database %s, jwt ttl %d s, rate limit %s",
             host,
             bound_port,
+            settings.generation,
             store.path,
             settings.jwt_ttl,
             "off"

@@ -15,12 +15,13 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from redflag_devserver import rules
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: machine binding and a refresh-token table (rotation)
 REFRESH_TTL = 90 * 86400
 BUSY_TIMEOUT_S = 15.0
 
@@ -45,10 +46,13 @@ CREATE TABLE IF NOT EXISTS agents (
     agent_version TEXT NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
     migrated_from TEXT,
-    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'deregistered')),
+    status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'deregistered', 'revoked')),
     registration_token_id INTEGER REFERENCES registration_tokens(id),
-    refresh_token_hash TEXT,
-    refresh_expires_at REAL,
+    machine_id TEXT,
+    public_key_fingerprint TEXT,
+    os_distro TEXT,
+    available_scanners TEXT,
     registered_at REAL NOT NULL,
     last_seen REAL,
     last_metrics TEXT,
@@ -56,8 +60,25 @@ CREATE TABLE IF NOT EXISTS agents (
     renewals INTEGER NOT NULL DEFAULT 0,
     last_renewed_at REAL,
     checkins_at_renewal INTEGER NOT NULL DEFAULT 0,
-    deregistered_at REAL
+    grace_replays INTEGER NOT NULL DEFAULT 0,
+    deregistered_at REAL,
+    revoked_at REAL
 );
+-- One machine, one identity: a deregistered agent frees its machine ID, a revoked one does not.
+CREATE UNIQUE INDEX IF NOT EXISTS agents_by_machine ON agents(machine_id)
+    WHERE machine_id IS NOT NULL AND status != 'deregistered';
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+    family TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    consumed_at REAL,
+    superseded_by INTEGER REFERENCES refresh_tokens(id),
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_by_family ON refresh_tokens(family);
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     agent_id TEXT NOT NULL REFERENCES agents(agent_id),
@@ -105,8 +126,42 @@ class TokenRefused(Exception):
     """A known registration token that cannot be consumed; str() is the reason."""
 
 
+class SeatNotConsumed(TokenRefused):
+    """The token looked usable but its seat could not be taken (upstream: 400)."""
+
+
 class RefreshInvalid(Exception):
     pass
+
+
+class MachineConflict(Exception):
+    """The machine ID is bound to another agent; .existing describes that agent."""
+
+    def __init__(self, existing: dict[str, Any]) -> None:
+        super().__init__("machine ID already registered to another agent")
+        self.existing = existing
+
+
+class BindingRefused(Exception):
+    """The renewal's X-Machine-ID does not prove the binding; .body is the 403 answer."""
+
+    def __init__(self, body: dict[str, str]) -> None:
+        super().__init__(body["error"])
+        self.body = body
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """What a renewal did: 'accept', 'grace' or 'reuse'; refresh is the new one, if rotated."""
+
+    verdict: str
+    refresh: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Binding:
+    machine_id: Optional[str]
+    agent_version: str
 
 
 def hash_secret(value: str) -> str:
@@ -176,6 +231,15 @@ class Store:
                 conn.close()
 
     def _initialise(self) -> None:
+        # Judge the version before changing anything (even the WAL switch rewrites the header):
+        # a file from another version must stay untouched.
+        with self._read() as conn:
+            found = _schema_version(conn)
+        if found is not None and found != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {found}, this server knows "
+                f"{SCHEMA_VERSION}; use the matching redflag-devserver or a new --db"
+            )
         with self._read() as conn:
             conn.execute("PRAGMA journal_mode = WAL")
         with self._write() as conn:
@@ -183,14 +247,9 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif found["value"] != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {found['value']}, this server knows "
-                    f"{SCHEMA_VERSION}; use the matching redflag-devserver or a new --db"
-                )
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('jwt_secret', ?)", (secrets.token_hex(32),)
             )
@@ -257,7 +316,10 @@ class Store:
     # Agents
 
     def register(self, token: str, reg: rules.Registration, now: float) -> tuple[str, str]:
-        """Consume one seat and create the agent in one transaction -> (agent_id, refresh)."""
+        """Consume one seat and create the agent in one transaction -> (agent_id, refresh).
+
+        A machine ID already bound to another agent refuses before any seat is spent.
+        """
         with self._write() as conn:
             row = conn.execute(
                 "SELECT * FROM registration_tokens WHERE token_hash = ?", (hash_secret(token),)
@@ -267,20 +329,23 @@ class Store:
             refusal = rules.token_refusal(_token_state(row), now)
             if refusal is not None:
                 raise TokenRefused(refusal)
+            if reg.machine_id is not None:
+                holder = _machine_holder(conn, reg.machine_id)
+                if holder is not None:
+                    raise MachineConflict(_conflict_view(holder))
             cur = conn.execute(
                 "UPDATE registration_tokens SET seats_used = seats_used + 1"
                 " WHERE id = ? AND seats_used < max_seats",
                 (row["id"],),
             )
             if cur.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; refuse, never overfill
-                raise TokenRefused("all seats used")
+                raise SeatNotConsumed("all seats used")
             agent_id = str(uuid.uuid4())
-            refresh = secrets.token_hex(32)
             conn.execute(
                 "INSERT INTO agents (agent_id, hostname, os_type, os_version, os_architecture,"
-                " agent_version, metadata, migrated_from, registration_token_id,"
-                " refresh_token_hash, refresh_expires_at, registered_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " agent_version, metadata, migrated_from, registration_token_id, machine_id,"
+                " public_key_fingerprint, os_distro, available_scanners, registered_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     agent_id,
                     reg.hostname,
@@ -291,30 +356,109 @@ class Store:
                     json.dumps(reg.metadata, sort_keys=True),
                     reg.metadata.get("migrated_from") or None,
                     row["id"],
-                    hash_secret(refresh),
-                    now + REFRESH_TTL,
+                    reg.machine_id,
+                    reg.public_key_fingerprint,
+                    reg.os_distro,
+                    None if reg.available_scanners is None else json.dumps(reg.available_scanners),
                     now,
                 ),
             )
+            refresh = _mint_refresh(conn, agent_id, str(uuid.uuid4()), now)
         return agent_id, refresh
 
-    def renew(self, agent_id: str, refresh_token: str, now: float) -> None:
-        """Check the refresh token and slide its expiry to 90 days from now."""
+    def renew(
+        self,
+        agent_id: str,
+        refresh_token: str,
+        now: float,
+        *,
+        rotate: bool = False,
+        machine_header: Optional[str] = None,
+        check_binding: bool = False,
+        agent_version: Optional[str] = None,
+    ) -> Renewed:
+        """Judge a refresh token and act on the verdict, all in one transaction.
+
+        Order as upstream: the token must be known before the binding is judged (so the
+        403s leak nothing to a stranger), and a replay from another machine revokes nothing.
+        Without rotation the token's expiry slides to 90 days from now.
+        """
+        with self._write() as conn:
+            agent = _active_agent(conn, agent_id)
+            row = conn.execute(
+                "SELECT * FROM refresh_tokens WHERE token_hash = ? AND agent_id = ?",
+                (hash_secret(refresh_token), agent_id),
+            ).fetchone()
+            state = None if row is None else _refresh_state(conn, row)
+            if state is None or state.revoked:
+                raise RefreshInvalid
+            if check_binding:
+                refused = rules.binding_refusal(agent["machine_id"], machine_header)
+                if refused is not None:
+                    raise BindingRefused(refused)
+            verdict = rules.refresh_verdict(state, now, rotate)
+            if verdict in ("invalid", "expired"):
+                raise RefreshInvalid
+            if verdict == "reuse":
+                conn.execute(
+                    "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?)"
+                    " WHERE family = ?",
+                    (now, row["family"]),
+                )
+                conn.execute(
+                    "UPDATE agents SET status = 'revoked', revoked_at = ? WHERE agent_id = ?",
+                    (now, agent_id),
+                )
+                return Renewed("reuse")
+            conn.execute(
+                "UPDATE agents SET renewals = renewals + 1, last_renewed_at = ?,"
+                " checkins_at_renewal = checkins, grace_replays = grace_replays + ?,"
+                " agent_version = COALESCE(?, agent_version) WHERE agent_id = ?",
+                (now, 1 if verdict == "grace" else 0, agent_version, agent_id),
+            )
+            if not rotate:
+                conn.execute(
+                    "UPDATE refresh_tokens SET expires_at = ? WHERE id = ?",
+                    (now + REFRESH_TTL, row["id"]),
+                )
+                return Renewed(verdict)
+            if verdict == "grace":
+                # The successor was handed out but never presented: the agent lost it.
+                conn.execute(
+                    "UPDATE refresh_tokens SET revoked_at = ? WHERE id = ?",
+                    (now, row["superseded_by"]),
+                )
+            fresh = _mint_refresh(conn, agent_id, row["family"], now)
+            conn.execute(
+                "UPDATE refresh_tokens SET consumed_at = COALESCE(consumed_at, ?),"
+                " superseded_by = (SELECT id FROM refresh_tokens WHERE token_hash = ?)"
+                " WHERE id = ?",
+                (now, hash_secret(fresh), row["id"]),
+            )
+            return Renewed(verdict, fresh)
+
+    def binding(self, agent_id: str) -> Binding:
+        """What the binding checks need to know about a (not deregistered) agent."""
+        with self._read() as conn:
+            row = _active_agent(conn, agent_id)
+        return Binding(machine_id=row["machine_id"], agent_version=row["agent_version"])
+
+    def rebind(self, agent_id: str, machine_id: str, now: float) -> Optional[str]:
+        """Admin: bind the agent to a new machine ID; returns the previous one."""
+        if not rules.is_machine_id(machine_id):
+            raise rules.InvalidInput(
+                f"machine ID {machine_id!r} must be 64 lowercase hex characters "
+                "(the SHA-256 the agent reports; `agents --json` shows them)"
+            )
         with self._write() as conn:
             row = _active_agent(conn, agent_id)
-            stored = row["refresh_token_hash"]
-            if (
-                stored is None
-                or not secrets.compare_digest(stored, hash_secret(refresh_token))
-                or row["refresh_expires_at"] is None
-                or now >= row["refresh_expires_at"]
-            ):
-                raise RefreshInvalid
+            holder = _machine_holder(conn, machine_id)
+            if holder is not None and holder["agent_id"] != agent_id:
+                raise MachineConflict(_conflict_view(holder))
             conn.execute(
-                "UPDATE agents SET refresh_expires_at = ?, renewals = renewals + 1,"
-                " last_renewed_at = ?, checkins_at_renewal = checkins WHERE agent_id = ?",
-                (now + REFRESH_TTL, now, agent_id),
+                "UPDATE agents SET machine_id = ? WHERE agent_id = ?", (machine_id, agent_id)
             )
+            return row["machine_id"]
 
     def ensure_active(self, agent_id: str) -> None:
         with self._read() as conn:
@@ -395,8 +539,11 @@ class Store:
         with self._write() as conn:
             _active_agent(conn, agent_id)
             conn.execute(
-                "UPDATE agents SET status = 'deregistered', deregistered_at = ?,"
-                " refresh_token_hash = NULL, refresh_expires_at = NULL WHERE agent_id = ?",
+                "UPDATE agents SET status = 'deregistered', deregistered_at = ? WHERE agent_id = ?",
+                (now, agent_id),
+            )
+            conn.execute(
+                "UPDATE refresh_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE agent_id = ?",
                 (now, agent_id),
             )
 
@@ -482,6 +629,15 @@ class Store:
         return result
 
 
+def _schema_version(conn: sqlite3.Connection) -> Optional[str]:
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone():
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else row["value"]
+
+
 def _text_or_none(value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -505,10 +661,58 @@ def _known_agent(conn: sqlite3.Connection, agent_id: str) -> sqlite3.Row:
 
 
 def _active_agent(conn: sqlite3.Connection, agent_id: str) -> sqlite3.Row:
+    """Not deregistered. A revoked agent keeps its access token until it expires, as upstream
+    (only the refresh family is revoked), and may still deregister itself."""
     row = _known_agent(conn, agent_id)
-    if row["status"] != "active":
+    if row["status"] == "deregistered":
         raise AgentNotFound
     return row
+
+
+def _machine_holder(conn: sqlite3.Connection, machine_id: str) -> Optional[sqlite3.Row]:
+    return conn.execute(
+        "SELECT * FROM agents WHERE machine_id = ? AND status != 'deregistered'", (machine_id,)
+    ).fetchone()
+
+
+def _conflict_view(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "existing_agent_id": row["agent_id"],
+        "existing_hostname": row["hostname"],
+        # Upstream sets last_seen at registration, so it is never empty there.
+        "existing_last_seen": iso(row["last_seen"] or row["registered_at"]),
+    }
+
+
+def _mint_refresh(conn: sqlite3.Connection, agent_id: str, family: str, now: float) -> str:
+    refresh = secrets.token_hex(32)
+    conn.execute(
+        "INSERT INTO refresh_tokens (agent_id, family, token_hash, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (agent_id, family, hash_secret(refresh), now, now + REFRESH_TTL),
+    )
+    return refresh
+
+
+def _refresh_state(conn: sqlite3.Connection, row: sqlite3.Row) -> rules.RefreshState:
+    successor = None
+    if row["superseded_by"] is not None:
+        nxt = conn.execute(
+            "SELECT consumed_at, revoked_at FROM refresh_tokens WHERE id = ?",
+            (row["superseded_by"],),
+        ).fetchone()
+        if nxt is None or nxt["revoked_at"] is not None:
+            successor = "revoked"
+        elif nxt["consumed_at"] is not None:
+            successor = "consumed"
+        else:
+            successor = "live"
+    return rules.RefreshState(
+        revoked=row["revoked_at"] is not None,
+        expires_at=row["expires_at"],
+        consumed=row["consumed_at"] is not None,
+        successor=successor,
+    )
 
 
 def _agent_view(r: sqlite3.Row) -> dict[str, Any]:
@@ -532,4 +736,12 @@ def _agent_view(r: sqlite3.Row) -> dict[str, Any]:
             r["checkins"] - r["checkins_at_renewal"] if r["renewals"] else None
         ),
         "deregistered_at": iso(r["deregistered_at"]),
+        "machine_id": r["machine_id"],
+        "public_key_fingerprint": r["public_key_fingerprint"],
+        "os_distro": r["os_distro"],
+        "available_scanners": (
+            None if r["available_scanners"] is None else json.loads(r["available_scanners"])
+        ),
+        "grace_replays": r["grace_replays"],
+        "revoked_at": iso(r["revoked_at"]),
     }

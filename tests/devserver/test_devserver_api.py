@@ -266,7 +266,7 @@ def test_refresh_tokens_are_stored_hashed(running, tmp_path):
     blobs = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("devserver"))
     assert agent["refresh_token"].encode() not in blobs
     with sqlite3.connect(running.store.path) as conn:
-        [(stored,)] = conn.execute("SELECT refresh_token_hash FROM agents").fetchall()
+        [(stored,)] = conn.execute("SELECT token_hash FROM refresh_tokens").fetchall()
     assert stored == hash_secret(agent["refresh_token"])
 
 

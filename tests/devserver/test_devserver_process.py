@@ -15,6 +15,9 @@ import pytest
 from .conftest import Client
 from .process import ServerProcess, cli, env
 
+# These tests encode the 0.1.18 answers (no machine binding); the generations have their own.
+OLD_SERVER = ("--generation", "0.1.18")
+
 
 @pytest.fixture
 def db(tmp_path):
@@ -28,7 +31,7 @@ def _register(client: Client, token: str, hostname: str) -> dict:
 
 
 def test_full_cycle_restart_and_no_secrets_in_logs(tmp_path, db):
-    server = ServerProcess(tmp_path, db)
+    server = ServerProcess(tmp_path, db, *OLD_SERVER)
     assert server.pid_file.read_text().strip() == str(server.proc.pid)
     client = Client(server.port)
 
@@ -112,7 +115,7 @@ def test_full_cycle_restart_and_no_secrets_in_logs(tmp_path, db):
     assert (command["id"], command["status"]) == (command_id, "completed")
 
     # Restart: agents, the token's seats and the signing secret survive.
-    server = ServerProcess(tmp_path, db)
+    server = ServerProcess(tmp_path, db, *OLD_SERVER)
     client = Client(server.port)
     try:
         again = client.call(
@@ -131,7 +134,7 @@ def test_full_cycle_restart_and_no_secrets_in_logs(tmp_path, db):
 
 
 def test_revoke_token_from_stdin_while_serving(tmp_path, db):
-    server = ServerProcess(tmp_path, db)
+    server = ServerProcess(tmp_path, db, *OLD_SERVER)
     try:
         token = cli("mint-token", "--db", str(db), "--seats", "5").stdout.strip()
         revoked = cli("revoke-token", "--db", str(db), stdin=token + "\n")

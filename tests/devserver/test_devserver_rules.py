@@ -261,6 +261,7 @@ def test_agents_table_aligns_columns():
                 "agent_id": "id-1",
                 "agent_version": "0.2.0",
                 "status": "active",
+                "machine_id": "ab" * 32,
                 "last_seen": None,
                 "migrated_from": "0.1.18",
                 "registered_at": "2026-01-01T00:00:00Z",
@@ -270,6 +271,7 @@ def test_agents_table_aligns_columns():
                 "agent_id": "id-2",
                 "agent_version": "0.2.0",
                 "status": "deregistered",
+                "machine_id": None,
                 "last_seen": "2026-01-02T00:00:00Z",
                 "migrated_from": None,
                 "registered_at": "2026-01-01T00:00:00Z",
@@ -282,10 +284,13 @@ def test_agents_table_aligns_columns():
         "AGENT_ID",
         "VERSION",
         "STATUS",
+        "MACHINE_ID",
         "LAST_SEEN",
         "MIGRATED_FROM",
         "REGISTERED_AT",
     ]
     starts = {line.index("id-") for line in lines[1:]}
     assert starts == {lines[0].index("AGENT_ID")}
-    assert lines[1].split()[4] == "-"
+    assert lines[1].split()[4] == "ab" * 8  # 16 of the 64 characters
+    assert lines[1].split()[5] == "-"
+    assert lines[2].split()[4] == "-"
