@@ -4,6 +4,11 @@ client against a hostile server on 127.0.0.1 (size cap, overall deadline, malfor
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
 import time
 
 import pytest
@@ -249,3 +254,84 @@ def test_honest_answer_still_accepted(hostile_server):
 def test_timeout_must_be_usable(timeout):
     with pytest.raises(ValueError, match="network.timeout"):
         Client("http://127.0.0.1:1", timeout=timeout)
+
+
+# --- TLS: the watched connection still verifies, and the deadline covers the handshake ----
+@pytest.fixture
+def tls_cert(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def _tls_server(cert, key, handler):
+    from http.server import ThreadingHTTPServer  # noqa: PLC0415
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def test_tls_answer_accepted_and_certificate_checked(tls_cert):
+    from http.server import BaseHTTPRequestHandler  # noqa: PLC0415
+
+    class Honest(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(GOOD).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    httpd = _tls_server(*tls_cert, Honest)
+    url = f"https://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        ok = Client(url, timeout=5, tls={"ca_file": str(tls_cert[0])}).register("T", {})
+        assert ok["agent_id"] == UUID
+        with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            Client(url, timeout=5).register("T", {})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_deadline_covers_a_trickled_tls_handshake():
+    """A TLS record header, then a byte every 0.5 s: the handshake would never end on its own
+    (CPython bounds a handshake by the socket timeout too; the request's deadline, started
+    before connecting, is what ends it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record follows...
+            end = time.monotonic() + 10  # bounded, even when the client never gives up
+            while not stop.wait(0.5) and time.monotonic() < end:
+                try:
+                    conn.sendall(b"\x00")
+                except OSError:
+                    return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unreachable, match="within 1.5 s"):
+            Client(url, timeout=1.5).register("T", {})
+        assert time.monotonic() - started <= 3.0
+    finally:
+        stop.set()
+        listener.close()

@@ -141,12 +141,15 @@ def mode_case(case, mode: str):
                 f"{MEMORY_MARGIN_KIB // 1024} MiB")
 
 
-def check_clean(out: Outcome, agent: Agent) -> None:
+def check_clean(out: Outcome, agent: Agent, forged: str) -> None:
     assert "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.splitlines()
     assert lines, "the agent said nothing"
     bad = [line for line in lines if not LOG_LINE.match(line)]
     assert not bad, f"lines not from the agent's logger (forged or raw): {bad}"
+    # the forged text may only appear escaped, inside one of the agent's own lines
+    escaped = forged.replace("\n", "\\n")
+    assert out.stderr.count(forged.strip()) == out.stderr.count(escaped), out.stderr
     assert "REG-TOKEN-1" not in out.stderr
     cfg = stored(agent)
     assert not [k for k in IDENTITY if k in cfg], cfg
@@ -164,7 +167,7 @@ def test_register_against_hostile_server(mode, agent, hostile_server, idle_kib, 
     setup_agent(agent, server.url)
     out = run_agent(agent, ("register",), timeout=30)
     assert out.code == 69, out.stderr
-    check_clean(out, agent)
+    check_clean(out, agent, server.FORGED)
     assert "registration failed" in out.stderr
     assert out.seconds <= time_bound(mode), out.seconds
     if mode in SLOW:
@@ -185,7 +188,7 @@ def test_run_retries_against_hostile_server(mode, agent, hostile_server, idle_ki
                     until=r"registration failed: .*; retry \d+ in", count=attempts,
                     REDFLAG_BACKOFF_BASE="0.05", REDFLAG_BACKOFF_CAP="0.2")
     assert out.code == 0, out.stderr  # stopped by SIGTERM, never exit 1
-    check_clean(out, agent)
+    check_clean(out, agent, server.FORGED)
     assert len(server.requests) >= attempts
     assert out.peak_kib <= idle_kib + MEMORY_MARGIN_KIB, (out.peak_kib, idle_kib)
     row.note(f"run: {len(server.requests)} attempts, peak RSS {out.peak_kib / 1024:.1f} MiB")
