@@ -390,7 +390,8 @@ class Client:
             if deadline.expired:  # a shut-down socket can look like a short, complete body
                 raise socket.timeout("deadline")
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            if deadline.expired:
+            # also when a socket timeout beat the timer to it: the request's time is up
+            if deadline.expired or deadline.left() <= 0:
                 raise Unreachable(f"no complete answer from {self.base} within "
                                   f"{self.timeout:g} s (network.timeout)") from None
             if isinstance(exc, (http.client.HTTPException, ValueError)):
