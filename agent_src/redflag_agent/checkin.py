@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import re
 import time
 from typing import Any, Callable, Optional
 
 from . import backoff
 from . import config as cfgmod
 from .client import Client, ClientError, NotFound, ServerError, Unauthorized
+from .logs import clean
 from .paths import Paths
 from .registration import TokenRejected, metadata_for
 from .signals import Terminator
@@ -21,6 +24,12 @@ GIB = 1024 ** 3
 KNOWN_UNSUPPORTED = {"collect_specs", "install_updates", "dry_run_update",
                      "confirm_dependencies", "enable_heartbeat", "disable_heartbeat",
                      "update_agent", "reboot"}
+MAX_RAPID_SECONDS = 3600.0  # rapid polling is asked for minutes; an hour at most
+MAX_SLEEP = 24 * 3600.0  # threading's wait overflows near 2^33 s; check in at least daily
+MAX_COMMANDS = 100  # per check-in answer; the rest waits for the next one
+MAX_COMMAND_ID = 128
+MAX_COMMAND_TYPE = 64
+_COMMAND_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII: it goes back as command_id
 
 
 def _cpu_sample() -> Optional[tuple[int, int]]:
@@ -81,17 +90,111 @@ def host_metrics(prev_cpu: Optional[tuple[int, int]]) -> tuple[dict[str, Any], A
     return metrics, cur
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d{1,9})?"
+                      r"(Z|[+-]\d{2}:\d{2})?", re.I)
+
+
 def parse_until(value: Any) -> Optional[float]:
-    """RFC 3339 UTC timestamp -> epoch seconds, None when absent or unreadable."""
+    """RFC 3339 timestamp -> epoch seconds, None when absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
-    from datetime import datetime, timezone  # noqa: PLC0415 - rarely needed
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415 - rarely needed
 
+    match = _RFC3339.fullmatch(value[:64].strip())
+    if match is None:
+        return None
     try:
-        parsed = datetime.strptime(value.strip()[:19], "%Y-%m-%dT%H:%M:%S")
+        parsed = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
     except ValueError:
         return None
-    return parsed.replace(tzinfo=timezone.utc).timestamp()
+    offset = match.group(2)
+    shift = timedelta(0)
+    if offset and offset.upper() != "Z":
+        sign = -1 if offset[0] == "-" else 1
+        shift = sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
+    try:
+        return (parsed.replace(tzinfo=timezone.utc) - shift).timestamp()
+    except (OverflowError, ValueError):
+        return None
+
+
+RapidWindow = tuple[str, float]  # (the server's `until` text, monotonic end)
+
+
+def rapid_window(rapid: Any, wall_now: float, mono_now: float,
+                 previous: Optional[RapidWindow]) -> Optional[RapidWindow]:
+    """Pure: when rapid polling ends, on the monotonic clock, or None for no rapid polling.
+
+    It lasts what the server asked for, counted from receipt (until - wall clock now), never
+    more than MAX_RAPID_SECONDS, and a repeat of the same request does not extend it: a
+    skewed or hostile timestamp cannot keep the agent polling fast, and a wall-clock jump
+    after receipt changes nothing."""
+    if not isinstance(rapid, dict) or rapid.get("enabled") is not True:
+        return None
+    text = rapid.get("until")
+    until = parse_until(text)
+    if until is None:
+        return None
+    if previous is not None and previous[0] == text:
+        return previous
+    seconds = min(until - wall_now, MAX_RAPID_SECONDS)
+    if not seconds > 0:
+        return None
+    return str(text), mono_now + seconds
+
+
+def interval_seconds(value: Any) -> float:
+    """Pure: the configured check-in interval as a sleep the loop can do (1 s .. MAX_SLEEP)."""
+    if isinstance(value, bool) or value is None:
+        return float(cfgmod.DEFAULT_CHECK_IN_INTERVAL)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        return MAX_SLEEP
+    except (TypeError, ValueError):
+        return float(cfgmod.DEFAULT_CHECK_IN_INTERVAL)
+    if math.isnan(seconds) or seconds <= 0:
+        return float(cfgmod.DEFAULT_CHECK_IN_INTERVAL)
+    return max(1.0, min(seconds, MAX_SLEEP))
+
+
+def command_problem(item: Any) -> Optional[str]:
+    """Pure: why a check-in command cannot be used, or None."""
+    if not isinstance(item, dict):
+        return "not a JSON object"
+    cid, kind, params = item.get("id"), item.get("type"), item.get("params")
+    if not isinstance(cid, str) or not cid:
+        return "id is missing or not a string"
+    if len(cid) > MAX_COMMAND_ID or not _COMMAND_ID.fullmatch(cid):
+        return (f"id {clean(cid, 64)!s} is not printable ASCII of at most "
+                f"{MAX_COMMAND_ID} characters")
+    if not isinstance(kind, str) or not kind:
+        return f"command {cid}: type is missing or not a string"
+    if len(kind) > MAX_COMMAND_TYPE:
+        return f"command {cid}: type is longer than {MAX_COMMAND_TYPE} characters"
+    if params is not None and not isinstance(params, dict):
+        return f"command {cid}: params is not a JSON object"
+    return None
+
+
+def valid_commands(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Pure: the usable commands of a check-in answer, and why each other one was skipped."""
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list):
+        return [], ["'commands' is not a list"]
+    good: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for index, item in enumerate(raw):
+        if index >= MAX_COMMANDS:
+            skipped.append(f"{len(raw) - index} commands beyond the first {MAX_COMMANDS}")
+            break
+        problem = command_problem(item)
+        if problem is None:
+            good.append(dict(item, params=item.get("params") or {}))
+        else:
+            skipped.append(f"command #{index}: {problem}")
+    return good, skipped
 
 
 def subprocess_error() -> type[Exception]:
@@ -121,7 +224,7 @@ class Agent:
         self.backoff_cap = backoff_cap
         self.lister = lister
         self._cpu = _cpu_sample()
-        self._rapid: tuple[bool, Optional[float]] = (False, None)
+        self._rapid: Optional[RapidWindow] = None
 
     @property
     def agent_id(self) -> str:
@@ -179,15 +282,18 @@ class Agent:
                 f"({exc.message or exc}). Fix: re-enroll this host: run the playbook with "
                 "redflag_agent_force_reregister=true and a fresh "
                 "redflag_agent_registration_token (or `redflag-agent register`)") from None
-        rapid = answer.get("rapid_polling")
-        if isinstance(rapid, dict):
-            self._rapid = (bool(rapid.get("enabled")), parse_until(rapid.get("until")))
-        else:
-            self._rapid = (False, None)
+        was = self._rapid
+        self._rapid = rapid_window(answer.get("rapid_polling"), time.time(), time.monotonic(),
+                                   was)
+        if self._rapid is not None and self._rapid != was:
+            self.log.info("rapid polling requested for %.0f s",
+                          self._rapid[1] - time.monotonic())
         with self.term.shielded():
             self.status.update(last_checkin=utc_now(), last_error=None)
-        commands = answer.get("commands") or []
-        return [c for c in commands if isinstance(c, dict)] if isinstance(commands, list) else []
+        commands, skipped = valid_commands(answer.get("commands"))
+        for why in skipped:
+            self.log.warning("skipped a malformed command in the check-in answer: %s", why)
+        return commands
 
     def handle(self, command: dict[str, Any]) -> None:
         kind = command.get("type")
@@ -197,7 +303,8 @@ class Agent:
         elif kind in KNOWN_UNSUPPORTED:
             self.log.warning("command %s (%s) is not supported by this agent; skipped", cid, kind)
         else:
-            self.log.warning("unknown command type %r (id %s); skipped", kind, cid)
+            self.log.warning("unknown command type '%s' (id %s); skipped", clean(kind, 64),
+                             clean(cid, 64))
 
     def scan_updates(self, command_id: Any) -> None:
         from . import scan  # noqa: PLC0415 - subprocess is only needed for scans
@@ -213,9 +320,10 @@ class Agent:
 
     # --- forever -----------------------------------------------------------------------
     def interval(self) -> float:
-        base = self.cfg.get("check_in_interval") or cfgmod.DEFAULT_CHECK_IN_INTERVAL
-        enabled, until = self._rapid
-        return backoff.rapid_interval(float(base), enabled, until, time.time())
+        base = interval_seconds(self.cfg.get("check_in_interval"))
+        if self._rapid is None:
+            return base
+        return backoff.rapid_interval(base, True, self._rapid[1], time.monotonic())
 
     def loop(self) -> None:
         attempt = 0
@@ -233,4 +341,4 @@ class Agent:
                                  delay, time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
                 with self.term.shielded():
                     self.status.update(last_error=f"{utc_now()} check-in: {exc}")
-            self.term.sleep(delay)
+            self.term.sleep(min(delay, MAX_SLEEP))

@@ -1,19 +1,28 @@
 """HTTP to the aggregator (CONTRACT section 4) with urllib; failures become typed exceptions.
 
 No environment proxies (only the config's proxy), no redirects (a Bearer token must not follow
-one), and no token ever appears in an exception message.
+one), and no token ever appears in an exception message. A server is not trusted: answers are
+bounded (size, nesting, an overall deadline per request) and checked before anything is
+stored, and its text is escaped before it can reach a log line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import math
+import re
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote, urlsplit
 
+from .logs import clean
 from .version import AGENT_VERSION
 
 
@@ -62,18 +71,140 @@ class NotFound(ClientError):
         self.message = message
 
 
+class InvalidAnswer(ServerError):
+    """The server answered, but not with something the agent may use: too large, too deep,
+    not JSON, or fields of the wrong form. Retryable: the next answer may be fine."""
+
+    def __init__(self, status: int, message: str) -> None:
+        ClientError.__init__(self, f"refused the server's answer (HTTP {status}): {message}")
+        self.status = status
+        self.message = message
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         return None
 
 
-def _error_text(body: bytes) -> str:
+# --- bounds on what a server can make the agent hold or wait for ---------------------------
+MAX_BODY = 1024 * 1024  # a JSON answer; real ones are a few KiB
+MAX_ERROR_BODY = 16 * 1024  # an error answer is only read for its "error" text
+MAX_DEPTH = 32  # JSON nesting; real answers nest 3 deep
+MAX_INT_DIGITS = 64  # int() of a huge digit string is quadratic before Python 3.11
+MAX_TOKEN = 8192
+MAX_SERVER_INTERVAL = 7 * 24 * 3600  # a server-suggested check_in_interval above this is ignored
+ERROR_TEXT_LIMIT = 200
+_CHUNK = 64 * 1024
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+# a JSON string (possibly cut short) or a bracket: brackets inside strings do not nest
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
+
+
+def json_depth(text: str, limit: int = MAX_DEPTH) -> int:
+    """Pure: the nesting depth of JSON text, counting no further than limit + 1."""
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(text):
+        ch = match.group()
+        if ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError("number too long")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_answer(raw: bytes, status: int = 200) -> Any:
+    """Pure: an answer body -> its JSON value, or InvalidAnswer. Empty means {}."""
+    if len(raw) > MAX_BODY:
+        raise InvalidAnswer(status, f"answer larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
     try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return body[:200].decode("utf-8", "replace").strip()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidAnswer(status, "answer is not UTF-8 text") from None
+    if json_depth(text) > MAX_DEPTH:
+        raise InvalidAnswer(status, f"answer nests deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise InvalidAnswer(status, "answer is not JSON") from None
+
+
+def token_problem(value: Any, name: str) -> Optional[str]:
+    """Pure: why value cannot be stored as a token, or None. Never quotes the value."""
+    if not isinstance(value, str) or not value:
+        return f"{name} is missing or not a string"
+    if len(value) > MAX_TOKEN:
+        return f"{name} is longer than {MAX_TOKEN} characters"
+    if not _TOKEN.fullmatch(value):
+        return f"{name} holds characters other than printable ASCII without spaces"
+    return None
+
+
+def agent_id_problem(value: Any) -> Optional[str]:
+    """Pure: why value is not a canonical UUID (8-4-4-4-12 hex digits), or None."""
+    if not isinstance(value, str) or not value:
+        return "agent_id is missing or not a string"
+    if not _UUID.fullmatch(value):
+        return "agent_id is not a UUID (8-4-4-4-12 hex digits)"
+    return None
+
+
+def registration_answer(resp: Any) -> dict[str, Any]:
+    """Pure: the fields of a 200 register answer the agent may store, or InvalidAnswer."""
+    if not isinstance(resp, dict):
+        raise InvalidAnswer(200, "registration answer is not a JSON object; nothing was stored")
+    problems = [p for p in (agent_id_problem(resp.get("agent_id")),
+                            token_problem(resp.get("token"), "token"),
+                            token_problem(resp.get("refresh_token"), "refresh_token")) if p]
+    if problems:
+        raise InvalidAnswer(200, "registration answer: " + "; ".join(problems)
+                            + "; nothing was stored")
+    out = {k: resp[k] for k in ("agent_id", "token", "refresh_token")}
+    server_cfg = resp.get("config")
+    interval = server_cfg.get("check_in_interval") if isinstance(server_cfg, dict) else None
+    if (isinstance(interval, int) and not isinstance(interval, bool)
+            and 0 < interval <= MAX_SERVER_INTERVAL):
+        out["config"] = {"check_in_interval": interval}
+    return out
+
+
+def renewal_answer(resp: Any) -> str:
+    """Pure: the access token of a 200 renew answer, or InvalidAnswer."""
+    if not isinstance(resp, dict):
+        raise InvalidAnswer(200, "renewal answer is not a JSON object")
+    problem = token_problem(resp.get("token"), "token")
+    if problem is None and "refresh_token" in resp:  # 0.2.x rotates it
+        problem = token_problem(resp.get("refresh_token"), "refresh_token")
+    if problem:
+        raise InvalidAnswer(200, f"renewal answer: {problem}; nothing was stored")
+    return str(resp["token"])
+
+
+def _error_text(body: bytes) -> str:
+    """The server's `error` text, escaped and bounded for the log lines it reaches."""
+    try:
+        obj = parse_answer(body, 0)
+    except InvalidAnswer:
+        return clean(body[:ERROR_TEXT_LIMIT].decode("utf-8", "replace").strip(),
+                     ERROR_TEXT_LIMIT)
     if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-        return obj["error"]
+        return clean(obj["error"], ERROR_TEXT_LIMIT)
     return ""
 
 
@@ -81,8 +212,123 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class _Deadline:
+    """One request's overall deadline. A per-read socket timeout alone lets a server that
+    sends a byte every few seconds hold the agent forever; at the deadline a timer thread
+    shuts the socket down, which ends any blocked connect-handshake/send/receive."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        # a duplicate: TLS wrapping detaches the original, and shutdown reaches the
+        # connection through any descriptor of it
+        with self._lock:
+            self._socks.append(sock.dup())
+            if self.expired:
+                self._shutdown()
+
+    def _shutdown(self) -> None:
+        for sock in self._socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.expired = True
+            self._shutdown()
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
+
+
+class _WatchedConnection:
+    """Mixin: the connection's socket is handed to the request's deadline once created."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._redflag_deadline = deadline
+        self._create_connection = self._create_watched
+
+    def _create_watched(self, address: Any, timeout: Any = None,
+                        source_address: Any = None) -> socket.socket:
+        deadline = self._redflag_deadline
+        if isinstance(timeout, (int, float)):
+            timeout = max(0.001, min(timeout, deadline.left()))
+        sock = socket.create_connection(address, timeout, source_address)
+        deadline.watch(sock)
+        return sock
+
+
+class _HTTPConnection(_WatchedConnection, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Callable[[], _Deadline]) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_HTTPConnection, req, deadline=self._deadline())
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Callable[[], _Deadline], context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._deadline = deadline
+
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_HTTPSConnection, req, context=self._context,
+                            deadline=self._deadline())
+
+
+def _read_capped(stream: Any, cap: int) -> tuple[bytes, bool]:
+    """Read in chunks, never holding more than cap + one chunk: (body, cut short)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, cap + 1 - total))
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            return b"", True
+
+
+def _declared_length(headers: Any) -> Optional[int]:
+    try:
+        return int(headers.get("Content-Length"))
+    except (TypeError, ValueError):
         return None
 
 
@@ -94,12 +340,21 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"server_url {server_url!r} is not an http(s) URL "
                              "(expected e.g. https://redflag.example:8080)")
+        if not (isinstance(timeout, (int, float)) and 0 < timeout <= threading.TIMEOUT_MAX):
+            raise ValueError(f"network.timeout {timeout!r} is not a positive number of seconds")
         self.base = server_url.strip().rstrip("/")
-        self.timeout = timeout
-        handlers: list[Any] = [_NoRedirect(), self._proxy_handler(proxy)]
+        self.timeout = float(timeout)
+        self._deadline: Optional[_Deadline] = None
+        handlers: list[Any] = [_NoRedirect(), self._proxy_handler(proxy),
+                               _HTTPHandler(self._current_deadline)]
         if parts.scheme == "https":
-            handlers.append(urllib.request.HTTPSHandler(context=self._ssl_context(tls or {})))
+            handlers.append(_HTTPSHandler(self._current_deadline,
+                                          self._ssl_context(tls or {})))
         self._opener = urllib.request.build_opener(*handlers)
+
+    def _current_deadline(self) -> _Deadline:
+        assert self._deadline is not None  # noqa: S101 - set by _request around every open
+        return self._deadline
 
     @staticmethod
     def _proxy_handler(proxy: Optional[dict[str, Any]]) -> urllib.request.ProxyHandler:
@@ -129,22 +384,47 @@ class Client:
             req.add_header("Content-Type", "application/json")
         if bearer:
             req.add_header("Authorization", f"Bearer {bearer}")
+        deadline = self._deadline = _Deadline(self.timeout)
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw = exc.read() if exc.fp is not None else b""
-            self._raise_for(exc.code, raw, exc.headers.get("Retry-After") if exc.headers else None)
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+            status, raw, retry_after, failed = self._exchange(req)
+            if deadline.expired:  # a shut-down socket can look like a short, complete body
+                raise socket.timeout("deadline")
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            # also when a socket timeout beat the timer to it: the request's time is up
+            if deadline.expired or deadline.left() <= 0:
+                raise Unreachable(f"no complete answer from {self.base} within "
+                                  f"{self.timeout:g} s (network.timeout)") from None
+            if isinstance(exc, (http.client.HTTPException, ValueError)):
+                # a broken status line, headers or chunking: its text is the server's
+                raise InvalidAnswer(0, f"malformed HTTP answer ({type(exc).__name__})") from None
             reason = getattr(exc, "reason", exc)
-            raise Unreachable(f"cannot reach {self.base}: {reason}") from None
-        if not raw.strip():
-            return {}
+            raise Unreachable(f"cannot reach {self.base}: {clean(str(reason))}") from None
+        finally:
+            self._deadline = None
+            deadline.close()
+        if failed:
+            self._raise_for(status, raw, retry_after)
+        return parse_answer(raw, status)
+
+    def _exchange(self, req: urllib.request.Request) -> tuple[int, bytes, Optional[str], bool]:
+        """(status, body, Retry-After, is an error status); bodies read within their cap."""
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ServerError(status, "response is not JSON") from None
+            resp = self._opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            with contextlib.closing(exc):
+                raw = b""
+                if exc.fp is not None:
+                    raw, _cut = _read_capped(exc, MAX_ERROR_BODY)
+            return exc.code, raw, exc.headers.get("Retry-After") if exc.headers else None, True
+        with resp:
+            declared = _declared_length(resp.headers)
+            if declared is not None and declared > MAX_BODY:
+                raise InvalidAnswer(resp.status, f"answer larger than {MAX_BODY} bytes "
+                                                 f"(Content-Length {declared})")
+            raw, cut = _read_capped(resp, MAX_BODY)
+            if cut:
+                raise InvalidAnswer(resp.status, f"answer larger than {MAX_BODY} bytes")
+            return resp.status, raw, None, False
 
     @staticmethod
     def _raise_for(status: int, raw: bytes, retry_after: Optional[str]) -> None:
@@ -161,27 +441,19 @@ class Client:
 
     # --- API -----------------------------------------------------------------------------
     def register(self, registration_token: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = self._request("POST", "/api/v1/agents/register", registration_token, body)
-        ok = isinstance(resp, dict) and all(
-            isinstance(resp.get(k), str) and resp.get(k)
-            for k in ("agent_id", "token", "refresh_token"))
-        if not ok:
-            raise ServerError(200, "registration answer lacks agent_id, token or refresh_token")
-        return resp
+        return registration_answer(
+            self._request("POST", "/api/v1/agents/register", registration_token, body))
 
     def renew(self, agent_id: str, refresh_token: str) -> str:
-        resp = self._request("POST", "/api/v1/agents/renew", None,
-                             {"agent_id": agent_id, "refresh_token": refresh_token})
-        token = resp.get("token") if isinstance(resp, dict) else None
-        if not isinstance(token, str) or not token:
-            raise ServerError(200, "renewal answer lacks token")
-        return token
+        return renewal_answer(self._request("POST", "/api/v1/agents/renew", None,
+                                            {"agent_id": agent_id,
+                                             "refresh_token": refresh_token}))
 
     def check_in(self, agent_id: str, jwt: str, metrics: dict[str, Any]) -> dict[str, Any]:
         resp = self._request("GET", f"/api/v1/agents/{quote(agent_id, safe='')}/commands",
                              jwt, metrics)
         if not isinstance(resp, dict):
-            raise ServerError(200, "check-in answer is not a JSON object")
+            raise InvalidAnswer(200, "check-in answer is not a JSON object")
         return resp
 
     def report_updates(self, agent_id: str, jwt: str, body: dict[str, Any]) -> Any:

@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 ROOT_LOGGER = "redflag"
 _PREFIXES = ("redflag_agent.", "redflag.")
+CLEAN_LIMIT = 200
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def clean(value: Any, limit: int = CLEAN_LIMIT) -> str:
+    """Server (or other foreign) text made safe for one log line: control and other
+    non-printable characters escaped, so it cannot forge a line or hide text, and at most
+    about `limit` characters, so it cannot flood the journal."""
+    text = value if isinstance(value, str) else repr(value)
+    out: list[str] = []
+    size = 0
+    for i, ch in enumerate(text):
+        if size >= limit:
+            out.append(f"...[{len(text) - i} more chars]")
+            break
+        esc = _ESCAPES.get(ch)
+        if esc is None:
+            if ch.isprintable():
+                esc = ch
+            else:
+                code = ord(ch)
+                esc = (f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        out.append(esc)
+        size += len(esc)
+    return "".join(out)
 
 
 class _Formatter(logging.Formatter):
