@@ -92,7 +92,9 @@ MAX_ERROR_BODY = 16 * 1024  # an error answer is only read for its "error" text
 MAX_DEPTH = 32  # JSON nesting; real answers nest 3 deep
 MAX_INT_DIGITS = 64  # int() of a huge digit string is quadratic before Python 3.11
 MAX_TOKEN = 8192
-MAX_SERVER_INTERVAL = 7 * 24 * 3600  # a server-suggested check_in_interval above this is ignored
+# a server-suggested check_in_interval above this is ignored; equal to config's upper bound so a
+# stored value never makes the next start refuse the config (test_client_bounds checks it)
+MAX_SERVER_INTERVAL = 86400
 ERROR_TEXT_LIMIT = 200
 _CHUNK = 64 * 1024
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -335,3 +335,9 @@ def test_deadline_covers_a_trickled_tls_handshake():
     finally:
         stop.set()
         listener.close()
+
+
+def test_server_interval_bound_matches_the_config_range() -> None:
+    from redflag_agent import config as cfgmod
+
+    assert cfgmod.CHECK_IN_INTERVAL_RANGE[1] == cl.MAX_SERVER_INTERVAL
