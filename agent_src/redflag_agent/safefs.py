@@ -49,9 +49,18 @@ class UnsafePath(Exception):
         self.path = os.fspath(path)
         self.found = found
         super().__init__(
-            f"{self.path}: found {found} where {expected} belongs; root does not follow or "
-            "change objects in the agent's directories that it did not expect, so nothing "
-            "was changed. Find out who put it there, move it away, and run again")
+            f"{self.path}: found {found} where {expected} belongs; root does not follow, "
+            "read or change what it did not expect in the agent's directories. Find out "
+            "who put it there, move it away, and run again")
+
+
+def caused_by(exc: Optional[BaseException]) -> Optional[UnsafePath]:
+    """The UnsafePath behind an error (ConfigError and MigrationError wrap it), if any."""
+    for _ in range(5):
+        if exc is None or isinstance(exc, UnsafePath):
+            return exc
+        exc = exc.__cause__
+    return None
 
 
 def describe(st: os.stat_result) -> str:

@@ -69,14 +69,14 @@ def _preflight(paths: Paths, snap: Snapshot) -> None:
 def _refused(paths: Paths, plan: Plan, exc: BaseException, log: logging.Logger) -> Report:
     """A planted object: nothing was changed, and the agent must not start on directories
     someone tampered with (config_usable false: `migrate` exits 78, `run` stops)."""
-    message = f"migration refused: {exc}"
+    message = f"migration refused, nothing was changed: {exc}"
     log.error(message)
     return Report(ok=False, message=message, config_usable=False,
                   phases_planned=list(plan.phases), failed_phase=next(iter(plan.phases), None))
 
 
 def _unsafe(exc: BaseException) -> bool:
-    return isinstance(exc, safefs.UnsafePath) or isinstance(exc.__cause__, safefs.UnsafePath)
+    return safefs.caused_by(exc) is not None
 
 
 def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,

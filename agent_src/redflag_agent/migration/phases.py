@@ -40,7 +40,7 @@ def _read(path: Path) -> Optional[dict[str, Any]]:
     try:
         return read_config(path)
     except ConfigError as exc:
-        raise MigrationError(str(exc)) from None
+        raise MigrationError(str(exc)) from exc  # the cause tells a planted object apart
 
 
 def _names(directory: Path) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ def _config(path: Path, unsafe_is_error: bool = True
     try:
         cfg = read_config(path)
     except ConfigError as exc:
-        if isinstance(exc.__cause__, safefs.UnsafePath) and not unsafe_is_error:
+        if safefs.caused_by(exc) is not None and not unsafe_is_error:
             # a planted legacy config: the directory phase is due and refuses it (78)
             return True, None, None
         return True, None, str(exc)
