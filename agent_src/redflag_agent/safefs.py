@@ -92,10 +92,10 @@ def allowed_uids() -> set[int]:
     return uids
 
 
-def check_file(st: os.stat_result, path: PathArg) -> None:
-    """Raise unless `st` is a regular file with one link and an expected owner."""
-    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
-            or st.st_uid not in allowed_uids()):
+def check_file(st: os.stat_result, path: PathArg, strict: bool = True) -> None:
+    """Raise unless `st` is a regular file with (strict) one link and an expected owner."""
+    if not stat.S_ISREG(st.st_mode) or strict and (st.st_nlink != 1
+                                                   or st.st_uid not in allowed_uids()):
         raise UnsafePath(path, describe(st), "a regular file (one link, owned by root or "
                          "redflag-agent)")
 
@@ -256,13 +256,15 @@ def parent_dir(path: PathArg, create: bool = False,
         os.close(fd)
 
 
-def open_file_at(dir_fd: int, name: str, path: PathArg,
-                 flags: int = os.O_RDONLY) -> Optional[int]:
-    """Open a regular file we may trust, or None when missing. UnsafePath otherwise."""
+def open_file_at(dir_fd: int, name: str, path: PathArg, flags: int = os.O_RDONLY, *,
+                 strict: bool = True) -> Optional[int]:
+    """Open a regular file we may trust, or None when missing. UnsafePath otherwise.
+    strict=False drops the link-count and owner checks (for root's own /run/secrets, where
+    a bind-mounted secret may belong to any host user)."""
     st = lstat_at(dir_fd, name)
     if st is None:
         return None
-    check_file(st, path)  # before open: opening a device or FIFO may already do something
+    check_file(st, path, strict)  # before open: opening a device or FIFO may already do something
     try:
         fd = os.open(name, flags | _FILE_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -277,7 +279,7 @@ def open_file_at(dir_fd: int, name: str, path: PathArg,
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             raise UnsafePath(path, "an object that changed while it was opened",
                              "a regular file")
-        check_file(now, path)
+        check_file(now, path, strict)
     except BaseException:
         os.close(fd)
         raise
@@ -297,9 +299,9 @@ def _read_fd(fd: int, limit: int, path: PathArg) -> bytes:
             raise UnsafePath(path, f"a file larger than {limit} bytes", "a small file")
 
 
-def read_at(dir_fd: int, name: str, path: PathArg, limit: int = MAX_SMALL_FILE
-            ) -> Optional[bytes]:
-    fd = open_file_at(dir_fd, name, path)
+def read_at(dir_fd: int, name: str, path: PathArg, limit: int = MAX_SMALL_FILE, *,
+            strict: bool = True) -> Optional[bytes]:
+    fd = open_file_at(dir_fd, name, path, strict=strict)
     if fd is None:
         return None
     try:
@@ -308,12 +310,13 @@ def read_at(dir_fd: int, name: str, path: PathArg, limit: int = MAX_SMALL_FILE
         os.close(fd)
 
 
-def read_bytes(path: PathArg, limit: int = MAX_SMALL_FILE) -> Optional[bytes]:
+def read_bytes(path: PathArg, limit: int = MAX_SMALL_FILE, *,
+               strict: bool = True) -> Optional[bytes]:
     """The file's bytes, or None when it (or its directory) does not exist."""
     with parent_dir(path) as dfd:
         if dfd is None:
             return None
-        return read_at(dfd, _parent(path)[1], path, limit)
+        return read_at(dfd, _parent(path)[1], path, limit, strict=strict)
 
 
 def lstat(path: PathArg) -> Optional[os.stat_result]:

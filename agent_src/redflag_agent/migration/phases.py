@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .. import safefs
+from .. import owner, safefs
 from ..atomic import atomic_write_bytes
 from ..config import (
     ConfigError,
@@ -20,7 +20,6 @@ from ..config import (
     upgrade_to_current,
     validate,
 )
-from ..owner import agent_ids
 from ..paths import Paths
 from ..version import CONFIG_SCHEMA_VERSION
 from .faults import crash_point, write_point
@@ -178,7 +177,7 @@ def run_security(ctx: Context) -> None:
     plan += [(paths.backups_dir / name, 0o700, "dir") for name in _names(paths.backups_dir)]
     plan += [(paths.state_dir / name, 0o600, "file") for name in _names(paths.state_dir)]
     plan += [(paths.config_dir / name, 0o600, "file") for name in _names(paths.config_dir)]
-    ids = agent_ids() if os.geteuid() == 0 else None
+    ids = owner.agent_ids() if os.geteuid() == 0 else None
     uid, gid = ids if ids is not None else (None, None)
     for path, mode, expect in plan:
         # only what is really a directory or plain file: symlinks and others are left alone,

@@ -22,11 +22,12 @@ def in_container(paths: Paths, environ: Mapping[str, str]) -> bool:
 
 
 def read_secret(directory: Path, names: tuple[str, ...]) -> Optional[str]:
-    """The first non-empty secret among `names`, stripped; plain regular files only (a
-    symlink, FIFO or hard link there is skipped, never followed), at most 64 KiB."""
+    """The first non-empty secret among `names`, stripped; regular files only (a symlink or
+    FIFO there is skipped, never followed), at most 64 KiB. /run/secrets is root's, so the
+    owner and link count of a (bind-mounted) secret are not checked."""
     for name in names:
         try:
-            data = safefs.read_bytes(directory / name, MAX_SECRET_BYTES)
+            data = safefs.read_bytes(directory / name, MAX_SECRET_BYTES, strict=False)
             value = data.decode("utf-8").strip() if data is not None else ""
         except (OSError, UnicodeDecodeError, safefs.UnsafePath):
             continue
