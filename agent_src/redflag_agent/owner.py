@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from typing import Optional
 
 AGENT_USER = "redflag-agent"
@@ -40,5 +41,4 @@ def chown_to_agent(path: os.PathLike[str] | str) -> bool:
     st = safefs.lstat(path)
     if st is None:
         return False
-    return safefs.chown_agent(path, expect="dir" if safefs.stat.S_ISDIR(st.st_mode)
-                              else "file")
+    return safefs.chown_agent(path, expect="dir" if stat.S_ISDIR(st.st_mode) else "file")
