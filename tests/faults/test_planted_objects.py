@@ -17,6 +17,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,19 @@ APPLY_PATHS = ("config.json", "config dir")
 
 
 @pytest.fixture(scope="module")
-def agent_user() -> pwd.struct_passwd:
+def agent_user() -> Iterator[pwd.struct_passwd]:
     try:
-        return pwd.getpwnam(USER)
+        yield pwd.getpwnam(USER)
+        return  # it existed: never deleted here
     except KeyError:
-        # created for the test and kept (as the role would): never deleted here
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", USER], check=True, capture_output=True, timeout=60)
-        return pwd.getpwnam(USER)
+        pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", USER], check=True, capture_output=True, timeout=60)
+    try:
+        yield pwd.getpwnam(USER)
+    finally:
+        # the host as found (only the user this test created)
+        subprocess.run(["userdel", USER], check=False, capture_output=True, timeout=60)
 
 
 def _own(path: Path, pw: pwd.struct_passwd, mode: int) -> None:
