@@ -1,48 +1,28 @@
 """Crash-safe writes: temp file in the same directory, fsync, chmod, rename, fsync the directory.
 
-A kill -9 at any point leaves either the old file or the new one, never a torn file.
+A kill -9 at any point leaves either the old file or the new one, never a torn file. The
+work is done by safefs relative to directory fds, so a symlink the agent user planted in
+its own directories is never followed (see safefs).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from pathlib import Path
 from typing import Any
+
+from . import safefs
 
 
 def fsync_dir(path: os.PathLike[str] | str) -> None:
-    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    safefs.fsync_dir(path)
 
 
-def atomic_write_bytes(path: os.PathLike[str] | str, data: bytes, mode: int = 0o600) -> None:
-    target = Path(path)
-    parent = target.parent
-    # O_EXCL + a random name: what tempfile.mkstemp does, without its import cost at start-up
-    tmp = os.fspath(parent / f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            # chmod before the data lands so secrets are never readable by others
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(parent)
+def atomic_write_bytes(path: os.PathLike[str] | str, data: bytes, mode: int = 0o600, *,
+                       chown: bool = True) -> None:
+    """Replace `path` atomically; as root the new file belongs to the agent user (set on the
+    fd before the rename, so it is never briefly root's in the agent's directory)."""
+    safefs.write_bytes(path, data, mode, chown=chown)
 
 
 def dumps_json(obj: Any) -> bytes:

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .atomic import atomic_write_bytes, dumps_json
-from .owner import chown_to_agent
+from . import safefs
+from .atomic import dumps_json
 from .paths import Paths
 from .version import AGENT_VERSION, CONFIG_SCHEMA_VERSION
 
@@ -370,19 +370,20 @@ def _describe(value: Any) -> str:
 
 
 def read_config(path: PathLike) -> Optional[dict[str, Any]]:
-    """The parsed config, or None when the file does not exist. ConfigError when unusable."""
+    """The parsed config, or None when the file does not exist. ConfigError when unusable.
+
+    Read through safefs: a symlink, hard link, FIFO or directory planted there is refused
+    (ConfigError naming it, caused by safefs.UnsafePath), and the size is bounded."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise ConfigError(f"{_where(path)}: is a directory, expected a JSON file; "
-                          "remove it and re-run the playbook") from None
+        data = safefs.read_bytes(path, safefs.MAX_SMALL_FILE)
+    except safefs.UnsafePath as exc:
+        raise ConfigError(str(exc)) from exc
     except PermissionError:
         raise ConfigError(f"{_where(path)}: permission denied; the agent runs as "
                           "redflag-agent: the file must be owned by it with mode 0600 "
                           "(re-run the playbook)") from None
+    if data is None:
+        return None
     return parse_config_bytes(data, path)
 
 
@@ -512,26 +513,29 @@ def serialize(cfg: dict[str, Any]) -> bytes:
 
 
 def save_config(paths_or_path: Union[Paths, PathLike], cfg: dict[str, Any]) -> None:
-    """Atomic write, mode 0600, owned by the agent user when possible."""
+    """Atomic write, mode 0600, owned by the agent user when possible (set on the fd before
+    the rename). The directory is created 0750 for the agent user when missing. Nothing is
+    followed: a planted object there is a ConfigError naming it."""
     target = paths_or_path.config_file if isinstance(paths_or_path, Paths) else Path(
         paths_or_path)
-    if not target.parent.is_dir():
-        target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        chown_to_agent(target.parent)
-    atomic_write_bytes(target, serialize(cfg), 0o600)
-    chown_to_agent(target)
+    try:
+        safefs.write_bytes(target, serialize(cfg), 0o600, create_dirs=True, dir_mode=0o750)
+    except safefs.UnsafePath as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 @contextlib.contextmanager
 def config_lock(paths: Union[Paths, PathLike]) -> Iterator[None]:
     """Short exclusive flock on the config directory (or its nearest existing ancestor).
 
-    Creates nothing, so taking it on a bare host leaves no trace.
+    Creates nothing, so taking it on a bare host leaves no trace. The directory is opened
+    without following symlinks (a planted one is a ConfigError naming it).
     """
     directory = paths.config_dir if isinstance(paths, Paths) else Path(paths)
-    while not directory.is_dir() and directory != directory.parent:
-        directory = directory.parent
-    fd = os.open(os.fspath(directory), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = safefs.open_dir(directory, nearest=True)
+    except safefs.UnsafePath as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

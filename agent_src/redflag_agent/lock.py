@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from . import safefs
+
 
 class LockHeld(Exception):
     pass
@@ -16,9 +18,19 @@ class InstanceLock:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._fd: Optional[int] = None
+        # why the lock was not taken: the state dir is not a real directory
+        self.refused: Optional[str] = None
 
     def acquire(self) -> None:
-        fd = os.open(os.fspath(self.directory), os.O_RDONLY | os.O_DIRECTORY)
+        """Lock the state directory, opened without following a symlink. When something else
+        stands there (a symlink to a foreign directory, a file) no lock is taken and `refused`
+        says why: every later write there is refused by safefs, and `migrate` reports it
+        (exit 78) before touching anything."""
+        try:
+            fd = safefs.open_dir(self.directory)
+        except safefs.UnsafePath as exc:
+            self.refused = str(exc)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

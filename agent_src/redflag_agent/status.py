@@ -8,8 +8,8 @@ import time
 from typing import Any, Optional
 
 from . import config as cfgmod
-from .atomic import atomic_write_json
-from .owner import chown_to_agent
+from . import safefs
+from .atomic import dumps_json
 from .paths import Paths
 from .version import AGENT_VERSION
 
@@ -28,9 +28,15 @@ def utc_now() -> str:
 
 
 def read_state(paths: Paths) -> dict[str, Any]:
+    """status.json's content; {} when missing or unreadable. A planted object there (symlink,
+    hard link, FIFO, ...) is not read: its description becomes `last_error`."""
     try:
-        with open(paths.status_file, "rb") as fh:
-            obj = json.loads(fh.read().decode("utf-8"))
+        data = safefs.read_bytes(paths.status_file, safefs.MAX_SMALL_FILE)
+        if data is None:
+            return {}
+        obj = json.loads(data.decode("utf-8"))
+    except safefs.UnsafePath as exc:
+        return {"last_error": str(exc)}
     except (OSError, ValueError):
         return {}
     return obj if isinstance(obj, dict) else {}
@@ -53,9 +59,9 @@ class StatusFile:
         if not self.paths.state_dir.is_dir():
             return
         try:
-            atomic_write_json(self.paths.status_file, new, 0o600)
-            chown_to_agent(self.paths.status_file)
-        except OSError as exc:
+            # as root: owned by the agent user (set on the fd), never through a symlink
+            safefs.write_bytes(self.paths.status_file, dumps_json(new), 0o600)
+        except (OSError, safefs.UnsafePath) as exc:
             # status is informational: a full disk must not stop check-ins
             self.log.warning("cannot write %s: %s", self.paths.status_file, exc)
 

@@ -213,18 +213,23 @@ def test_upstream_secret_names_are_accepted(tmp_root):
 
 def test_plan_reads_little(tmp_root, monkeypatch):
     """plan() runs at every start: on a fresh host it opens the config and the state file and
-    lists no directory at all (not the backups, not the state directory)."""
+    lists no directory at all (not the backups, not the state directory). Every read goes
+    through safefs (no symlink followed), so that is where reads are counted."""
     import builtins
     import os
+
+    from redflag_agent import safefs
 
     make_fresh_install(tmp_root, registered=True)
     for i in range(50):
         (tmp_root.state_dir / f"junk{i}").write_text(json.dumps(i))
     listed, opened = [], []
-    real_listdir, real_open = os.listdir, builtins.open
+    real_listdir, real_open, real_read = os.listdir, builtins.open, safefs.read_bytes
     monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(p) or real_listdir(p))
     monkeypatch.setattr(builtins, "open",
                         lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    monkeypatch.setattr(safefs, "read_bytes",
+                        lambda f, *a, **k: opened.append(str(f)) or real_read(f, *a, **k))
     plan = migration.plan(tmp_root)
     monkeypatch.undo()
     assert plan.phases == []

@@ -71,7 +71,7 @@ def test_atomic_write_failure_keeps_old_and_removes_temp(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
     target.write_bytes(b"old")
 
-    def boom(*_a):
+    def boom(*_a, **_k):  # the rename is relative to directory fds (safefs)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)

@@ -3,6 +3,10 @@
 Built in a hidden `.NAME.partial` directory and renamed into place when complete, so a
 backup directory without the dot is always whole. Restore puts back bytes, modes, owners and
 removed directories, and deletes what the migration created.
+
+Everything here runs as root inside directories the agent user owns, so every access goes
+through safefs (no symlink followed, planted objects refused), and a manifest, which that
+user could rewrite, is validated before restore acts on it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..atomic import atomic_write_bytes, atomic_write_json, fsync_dir
-from ..owner import chown_to_agent
+from .. import safefs
+from ..atomic import atomic_write_json
 from ..paths import Paths
 from .model import MigrationError
 
@@ -44,19 +47,41 @@ def _partial(paths: Paths, name: str) -> Path:
 
 
 def list_backups(paths: Paths) -> list[str]:
-    """Complete backups, oldest first. Reads only; a missing directory is an empty list."""
+    """Complete backups, oldest first. Reads only; a missing (or refused) directory is an
+    empty list; an entry that is not a real directory with a manifest is not a backup."""
     try:
-        names = os.listdir(paths.backups_dir)
-    except OSError:
+        fd = safefs.open_dir(paths.backups_dir)
+    except (OSError, safefs.UnsafePath):
         return []
-    done = [n for n in names if NAME_RE.match(n) and (paths.backups_dir / n / MANIFEST).is_file()]
+    try:
+        done = []
+        for n in os.listdir(fd):
+            if not NAME_RE.match(n):
+                continue
+            st = safefs.lstat_at(fd, n)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                sub = os.open(n, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                mst = safefs.lstat_at(sub, MANIFEST)
+            finally:
+                os.close(sub)
+            if mst is not None and stat.S_ISREG(mst.st_mode):
+                done.append(n)
+    finally:
+        os.close(fd)
     return sorted(done, key=name_key)
 
 
 def new_backup_name(paths: Paths, now: Optional[datetime] = None) -> str:
     base = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    taken = set(safefs.listdir(paths.backups_dir))
     name, n = base, 1
-    while (paths.backups_dir / name).exists() or _partial(paths, name).exists():
+    while name in taken or f".{name}.partial" in taken:
         n += 1
         name = f"{base}-{n}"
     return name
@@ -70,37 +95,53 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _entry(paths: Paths, path: Path, kind_if_missing: str = "file") -> dict[str, Any]:
-    """Describe one path as it is now (before any change)."""
+_EXPECTED = {"file": "a regular file", "dir": "a directory"}
+
+
+def _describe_entry(paths: Paths, path: Path, st: Optional[os.stat_result],
+                    kind_if_missing: str, expect: Optional[str]) -> dict[str, Any]:
+    """One path as it is now (before any change). expect "file"/"dir": anything else there
+    is refused (UnsafePath); regular files must be ones root may read (one link, owner)."""
     rel = _rel(paths, path)
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
+    if st is None:
         return {"path": rel, "type": kind_if_missing, "existed": False}
-    common = {"path": rel, "existed": True, "mode": stat.S_IMODE(st.st_mode),
+    mode = st.st_mode
+    if expect is not None and not (stat.S_ISDIR(mode) if expect == "dir"
+                                   else stat.S_ISREG(mode)):
+        raise safefs.UnsafePath(path, safefs.describe(st), _EXPECTED[expect])
+    common = {"path": rel, "existed": True, "mode": stat.S_IMODE(mode),
               "uid": st.st_uid, "gid": st.st_gid}
-    if stat.S_ISLNK(st.st_mode):
-        return {**common, "type": "symlink", "target": os.readlink(path)}
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISLNK(mode):
+        return {**common, "type": "symlink", "target": safefs.readlink(path)}
+    if stat.S_ISDIR(mode):
         return {**common, "type": "dir"}
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(mode):
+        safefs.check_file(st, path)  # root copies it into the backup
         return {**common, "type": "file"}
-    raise MigrationError(f"{path} is a special file (not a regular file, directory or "
-                         "symlink); move it out of the way and start the agent again")
+    raise safefs.UnsafePath(path, safefs.describe(st), "a regular file, directory or symlink")
 
 
-def _tree(paths: Paths, top: Path) -> list[dict[str, Any]]:
-    if not top.is_dir():
+def _entry(paths: Paths, path: Path, kind_if_missing: str = "file",
+           expect: Optional[str] = None) -> dict[str, Any]:
+    return _describe_entry(paths, path, safefs.lstat(path), kind_if_missing, expect)
+
+
+def _tree(paths: Paths, top: Path, files: set[Path]) -> list[dict[str, Any]]:
+    """The legacy tree below `top`, never following a symlink; the paths in `files` (the
+    legacy config, files the migration moves) must be regular files."""
+    first = _entry(paths, top, kind_if_missing="dir", expect="dir")
+    if not first["existed"]:
         return []
-    out = [_entry(paths, top)]
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in sorted(dirnames) + sorted(filenames):
-            out.append(_entry(paths, Path(dirpath) / name))
+    out = [first]
+    for child, st in safefs.tree(top):
+        p = Path(child)
+        out.append(_describe_entry(paths, p, st, "file", "file" if p in files else None))
     return out
 
 
 def collect_entries(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
-    """Everything any phase may change or remove, described before the first change."""
+    """Everything any phase may change or remove, described before the first change.
+    Refuses (UnsafePath) anything planted where root will read, write or chmod."""
     entries: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -110,49 +151,61 @@ def collect_entries(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[s
             entries.append(entry)
 
     for d in (paths.config_dir, paths.state_dir, paths.backups_dir):
-        add(_entry(paths, d, kind_if_missing="dir"))
+        add(_entry(paths, d, kind_if_missing="dir", expect="dir"))
+    must_be_files = {paths.legacy_config_file} | {src for src, _dst in moves}
     for top in (paths.legacy_config_dir, paths.legacy_state_dir):
-        for e in _tree(paths, top):
+        for e in _tree(paths, top, must_be_files):
             add(e)
-    add(_entry(paths, paths.config_file))
+    add(_entry(paths, paths.config_file, expect="file"))
     for _src, dst in moves:
-        add(_entry(paths, dst))
-    # the security phase changes modes of the agent's own files
+        add(_entry(paths, dst, expect="file"))
+    for f in (paths.migration_state_file, paths.status_file):
+        _entry(paths, f, expect="file")  # rewritten or chmodded as root: checked, not saved
+    # the security phase changes modes of the agent's own regular files
     for directory in (paths.state_dir, paths.config_dir):
-        with contextlib.suppress(OSError):
-            for name in sorted(os.listdir(directory)):
-                p = directory / name
-                if p == paths.migration_state_file or not p.is_file() or p.is_symlink():
-                    continue
-                e = _entry(paths, p)
-                if e["path"] not in seen:
-                    add({**e, "type": "mode"})
+        for name in safefs.listdir(directory):
+            p = directory / name
+            st = safefs.lstat(p)
+            if p == paths.migration_state_file or st is None or not stat.S_ISREG(st.st_mode):
+                continue  # other objects are left alone, never followed
+            e = _describe_entry(paths, p, st, "file", "file")
+            if e["path"] not in seen:
+                add({**e, "type": "mode"})
     return entries
 
 
-def _mkdirs_private(top: Path, directory: Path) -> None:
-    """mkdir -p below `top` with every level 0700 (mkdir's parents= ignores the mode)."""
-    missing: list[Path] = []
-    d = directory
-    while d != top and not d.is_dir():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o700)
+def check_backups_dir(paths: Paths) -> None:
+    """Every backup (complete or partial) must be a real directory: prune and resume open
+    them as root."""
+    for name in safefs.listdir(paths.backups_dir):
+        if NAME_RE.match(name) or re.match(r"^\.(.+)\.partial$", name):
+            _entry(paths, paths.backups_dir / name, expect="dir")
+
+
+def preflight(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
+    """Everything root is about to touch, checked before the first write (UnsafePath)."""
+    entries = collect_entries(paths, moves)
+    check_backups_dir(paths)
+    return entries
 
 
 def create_backup(paths: Paths, name: str, entries: list[dict[str, Any]],
                   hook: Callable[[str], None] = lambda _when: None) -> dict[str, Any]:
     tmp = _partial(paths, name)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    paths.backups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp.mkdir(mode=0o700)
+    safefs.remove(tmp)  # a stale partial from a crash (fd walk, never follows)
+    safefs.make_dirs(paths.backups_dir, 0o700)
+    # the agent user must be able to list and prune what a root `migrate` created
+    safefs.chown_agent(paths.backups_dir)
+    with safefs.directory(paths.backups_dir) as bfd:
+        os.mkdir(tmp.name, 0o700, dir_fd=bfd)
+    safefs.set_attrs(tmp, 0o700, expect="dir")
+    safefs.chown_agent(tmp)
     try:
         return _fill_backup(paths, name, tmp, entries, hook)
     except Exception:
         # a half-written copy helps nobody, and on a full disk it holds the space others need
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError, safefs.UnsafePath):
+            safefs.remove(tmp)
         raise
 
 
@@ -162,10 +215,13 @@ def _fill_backup(paths: Paths, name: str, tmp: Path, entries: list[dict[str, Any
     for original in entries:
         e = dict(original)
         if e["type"] == "file" and e["existed"]:
-            data = (paths.root / e["path"]).read_bytes()
+            data = safefs.read_bytes(paths.root / e["path"], safefs.MAX_FILE)
+            if data is None:
+                raise MigrationError(f"{paths.root / e['path']} vanished while the backup "
+                                     "was taken")
             target = tmp / "files" / e["path"]
-            _mkdirs_private(tmp, target.parent)
-            atomic_write_bytes(target, data, 0o600)
+            safefs.make_dirs(target.parent, 0o700)
+            safefs.write_bytes(target, data, 0o600)
             e["stored"] = f"files/{e['path']}"
             e["sha256"] = _sha256(data)
             e["size"] = len(data)
@@ -175,97 +231,105 @@ def _fill_backup(paths: Paths, name: str, tmp: Path, entries: list[dict[str, Any
                 "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "entries": stored}
     atomic_write_json(tmp / MANIFEST, manifest, 0o600)
-    # the agent user must be able to list and prune what a root `migrate` created
-    chown_to_agent(paths.backups_dir)
-    for dirpath, dirnames, filenames in os.walk(tmp):
-        chown_to_agent(dirpath)
-        for n in dirnames + filenames:
-            chown_to_agent(os.path.join(dirpath, n))
-    final = paths.backups_dir / name
-    os.replace(tmp, final)
-    fsync_dir(paths.backups_dir)
+    safefs.rename(tmp, paths.backups_dir / name)
     return manifest
 
 
 def load_manifest(paths: Paths, name: str) -> Optional[dict[str, Any]]:
+    where = paths.backups_dir / name
     try:
-        with open(paths.backups_dir / name / MANIFEST, "rb") as fh:
-            manifest = json.loads(fh.read().decode("utf-8"))
+        data = safefs.read_bytes(where / MANIFEST, safefs.MAX_FILE)
+        if data is None:
+            return None
+        manifest = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise MigrationError(f"backup {paths.backups_dir / name} has an unreadable manifest "
+    except (OSError, ValueError, RecursionError) as exc:
+        raise MigrationError(f"backup {where} has an unreadable manifest "
                              f"({exc}); inspect it before migrating again") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), list):
-        raise MigrationError(f"backup {paths.backups_dir / name}: manifest without entries; "
+        raise MigrationError(f"backup {where}: manifest without entries; "
                              "inspect it before migrating again")
+    for e in manifest["entries"]:
+        _validate_entry(paths, where, e)
     return manifest
 
 
-def _set_owner_mode(path: Path, e: dict[str, Any]) -> None:
-    if "mode" in e:
-        os.chmod(path, e["mode"])
-    if os.geteuid() == 0 and "uid" in e:
-        os.chown(path, e["uid"], e["gid"], follow_symlinks=False)
+_ENTRY_TYPES = ("file", "dir", "symlink", "mode")
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+def _validate_entry(paths: Paths, where: Path, e: Any) -> None:
+    """A manifest lies in a directory the agent user owns: restore acts on an entry only
+    when it names a path inside the agent's (or legacy) directories, with a sane type,
+    owner and mode (restore keeps only the permission bits: no setuid, setgid, sticky)."""
+    def bad(why: str) -> MigrationError:
+        return MigrationError(f"backup {where}: manifest entry {str(e)[:200]!r} {why}; "
+                              "inspect the backup before migrating again")
+
+    if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+        raise bad("is not an object with a 'path'")
+    if e.get("type") not in _ENTRY_TYPES or not isinstance(e.get("existed"), bool):
+        raise bad("has no known 'type' and 'existed'")
+    try:
+        safefs.split(paths.root / e["path"], strict=True)
+    except safefs.UnsafePath as exc:
+        raise bad(f"is outside the agent's directories ({exc.found})") from None
+    for key in ("mode", "uid", "gid"):
+        if key in e and not (isinstance(e[key], int) and not isinstance(e[key], bool)
+                             and 0 <= e[key] < 2**32):
+            raise bad(f"has a bad {key!r}")
+    if e["type"] == "file" and e["existed"] and (
+            e.get("stored") != f"files/{e['path']}" or not isinstance(e.get("sha256"), str)):
+        raise bad("has no valid 'stored' copy and 'sha256'")
+    if e["type"] == "symlink" and e["existed"] and not isinstance(e.get("target"), str):
+        raise bad("has no symlink 'target'")
+
+
+def _set_owner_mode(path: Path, e: dict[str, Any], expect: str = "file") -> None:
+    mode = e["mode"] & 0o777 if "mode" in e else None
+    uid = e.get("uid") if os.geteuid() == 0 else None
+    safefs.set_attrs(path, mode, uid, e.get("gid"), expect=expect)
 
 
 def restore(paths: Paths, name: str, manifest: dict[str, Any]) -> None:
-    """Put every entry back as it was. Raises RestoreError listing what could not be."""
+    """Put every entry back as it was. Raises RestoreError listing what could not be.
+    Whatever stands at an entry's path now (a planted symlink, hard link or FIFO included)
+    is removed without being followed, then the original is written back."""
     base = paths.backups_dir / name
     entries = manifest["entries"]
+    for e in entries:
+        _validate_entry(paths, base, e)
     problems: list[str] = []
     dirs = sorted((e for e in entries if e["type"] == "dir" and e["existed"]),
                   key=lambda e: e["path"].count("/"))
     for e in dirs:
         p = paths.root / e["path"]
         try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            problems.append(f"{p}: {exc.strerror or exc}")
+            if safefs.kind(p) not in ("dir", "missing"):
+                safefs.remove(p)
+            safefs.make_dirs(p, e.get("mode", 0o700) & 0o777)
+        except (OSError, safefs.UnsafePath) as exc:
+            problems.append(_problem(p, exc))
     for e in entries:
         p = paths.root / e["path"]
         try:
-            if e["type"] == "file" and e["existed"]:
-                data = (base / e["stored"]).read_bytes()
-                if _sha256(data) != e["sha256"]:
-                    problems.append(f"{p}: the backup copy {base / e['stored']} is damaged")
-                    continue
-                if p.is_symlink() or not p.is_file() or _sha256(p.read_bytes()) != e["sha256"]:
-                    if p.is_symlink() or p.is_dir():
-                        _remove(p)
-                    atomic_write_bytes(p, data, e["mode"])
-                _set_owner_mode(p, e)
-            elif e["type"] == "symlink" and e["existed"]:
-                if not (p.is_symlink() and os.readlink(p) == e["target"]):
-                    if p.exists() or p.is_symlink():
-                        _remove(p)
-                    os.symlink(e["target"], p)
-            elif e["type"] == "mode" and p.is_file():
-                _set_owner_mode(p, e)
-            elif not e["existed"] and e["type"] != "dir" and (p.exists() or p.is_symlink()):
-                _remove(p)
-        except OSError as exc:
-            problems.append(f"{p}: {exc.strerror or exc}")
+            _restore_one(paths, base, p, e, problems)
+        except (OSError, safefs.UnsafePath) as exc:
+            problems.append(_problem(p, exc))
     # directory modes last: a read-only original must not block restoring its files
     for e in reversed(dirs):
         p = paths.root / e["path"]
         try:
-            _set_owner_mode(p, e)
-        except OSError as exc:
-            problems.append(f"{p}: {exc.strerror or exc}")
+            _set_owner_mode(p, e, expect="dir")
+        except (OSError, safefs.UnsafePath) as exc:
+            problems.append(_problem(p, exc))
     for e in entries:
         if e["type"] == "file" and e["existed"]:
             p = paths.root / e["path"]
             try:
-                ok = p.is_file() and _sha256(p.read_bytes()) == e["sha256"]
-            except OSError:
+                data = safefs.read_bytes(p, safefs.MAX_FILE)
+                ok = data is not None and _sha256(data) == e["sha256"]
+            except (OSError, safefs.UnsafePath):
                 ok = False
             if not ok:
                 problems.append(f"{p}: not identical to the backup after restore")
@@ -274,14 +338,54 @@ def restore(paths: Paths, name: str, manifest: dict[str, Any]) -> None:
                            + f". The originals are in {base}/files; copy them back by hand")
 
 
+def _problem(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"{path}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _current_sha(p: Path) -> Optional[str]:
+    """sha256 of the plain file at p; None when something else (or nothing) is there."""
+    try:
+        data = safefs.read_bytes(p, safefs.MAX_FILE)
+    except safefs.UnsafePath:
+        return None
+    return _sha256(data) if data is not None else None
+
+
+def _restore_one(paths: Paths, base: Path, p: Path, e: dict[str, Any],
+                 problems: list[str]) -> None:
+    now = safefs.kind(p)
+    if e["type"] == "file" and e["existed"]:
+        data = safefs.read_bytes(base / e["stored"], safefs.MAX_FILE)
+        if data is None or _sha256(data) != e["sha256"]:
+            problems.append(f"{p}: the backup copy {base / e['stored']} is damaged")
+            return
+        if now != "file" or _current_sha(p) != e["sha256"]:
+            if now != "missing":
+                safefs.remove(p)
+            safefs.write_bytes(p, data, e["mode"] & 0o777)
+        _set_owner_mode(p, e)
+    elif e["type"] == "symlink" and e["existed"]:
+        if not (now == "symlink" and safefs.readlink(p) == e["target"]):
+            if now != "missing":
+                safefs.remove(p)
+            safefs.symlink(e["target"], p)
+    elif e["type"] == "mode" and now == "file":
+        _set_owner_mode(p, e)
+    elif not e["existed"] and e["type"] != "dir" and now != "missing":
+        safefs.remove(p)
+
+
 def prune(paths: Paths, keep: int, protect: set[str]) -> list[str]:
-    """Drop the oldest complete backups beyond `keep`, and stale partial ones."""
+    """Drop the oldest complete backups beyond `keep`, and stale partial ones (fd walks:
+    whatever the agent user put inside is removed, never followed)."""
     removed: list[str] = []
-    with contextlib.suppress(OSError):
-        for n in os.listdir(paths.backups_dir):
+    with contextlib.suppress(OSError, safefs.UnsafePath):
+        for n in safefs.listdir(paths.backups_dir):
             m = re.match(r"^\.(.+)\.partial$", n)
             if m and m.group(1) not in protect:
-                shutil.rmtree(paths.backups_dir / n, ignore_errors=True)
+                safefs.remove(paths.backups_dir / n)
     names = list_backups(paths)
     excess = len(names) - keep
     for n in names:
@@ -289,9 +393,9 @@ def prune(paths: Paths, keep: int, protect: set[str]) -> list[str]:
             break
         if n in protect:
             continue
-        shutil.rmtree(paths.backups_dir / n)
+        safefs.remove(paths.backups_dir / n)
         removed.append(n)
         excess -= 1
     if removed:
-        fsync_dir(paths.backups_dir)
+        safefs.fsync_dir(paths.backups_dir)
     return removed

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .. import safefs
 from ..config import ConfigError, config_lock, read_config
-from ..owner import chown_to_agent
 from ..paths import Paths
 from .backup import (
     RestoreError,
@@ -17,6 +17,7 @@ from .backup import (
     create_backup,
     load_manifest,
     new_backup_name,
+    preflight,
     prune,
     restore,
 )
@@ -55,9 +56,27 @@ def _unchanged_report(paths: Paths, plan: Plan, dry_run: bool) -> Report:
 
 def _ensure_dirs(paths: Paths) -> None:
     for d in (paths.config_dir, paths.state_dir):
-        if not d.is_dir():
-            d.mkdir(mode=0o750, parents=True, exist_ok=True)
-            chown_to_agent(d)
+        safefs.make_dirs(d, 0o750)  # new levels 0750, owned by the agent user as root
+
+
+def _preflight(paths: Paths, snap: Snapshot) -> None:
+    """Check every path the run will touch before it writes anything (UnsafePath)."""
+    moves = legacy_moves(paths, snap.legacy_config_names, snap.legacy_state_names,
+                         snap.legacy_config)
+    preflight(paths, moves)
+
+
+def _refused(paths: Paths, plan: Plan, exc: BaseException, log: logging.Logger) -> Report:
+    """A planted object: nothing was changed, and the agent must not start on directories
+    someone tampered with (config_usable false: `migrate` exits 78, `run` stops)."""
+    message = f"migration refused, nothing was changed: {exc}"
+    log.error(message)
+    return Report(ok=False, message=message, config_usable=False,
+                  phases_planned=list(plan.phases), failed_phase=next(iter(plan.phases), None))
+
+
+def _unsafe(exc: BaseException) -> bool:
+    return safefs.caused_by(exc) is not None
 
 
 def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
@@ -74,6 +93,8 @@ def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
     if dry_run or plan.error or not plan.phases:
         return _unchanged_report(paths, plan, dry_run)
     try:
+        # before the first write: a planted object stops everything here
+        _preflight(paths, snap)
         _ensure_dirs(paths)
         with config_lock(paths):
             # another process may have migrated while we waited for the lock
@@ -81,7 +102,12 @@ def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
             plan = decide(snap, retry_failed)
             if plan.error or not plan.phases:
                 return _unchanged_report(paths, plan, False)
+            _preflight(paths, snap)
             return _Run(paths, log, environ, snap, plan, retention).run()
+    except (safefs.UnsafePath, ConfigError) as exc:
+        if not _unsafe(exc):
+            raise
+        return _refused(paths, plan, exc, log)
     except OSError as exc:
         # only reachable before the first change (later errors roll back inside the run)
         message = (f"cannot start the migration: {_reason(exc)}{_root_hint(exc)}; nothing was "
@@ -161,7 +187,7 @@ class _Run:
             for old in prune(self.paths, self.retention, {name}):
                 self.log.info("old migration backup %s removed (keeping %d)", old,
                               self.retention)
-        except OSError as exc:
+        except (OSError, safefs.UnsafePath) as exc:
             # retention is housekeeping: it must not fail the migration
             self.log.warning("could not prune old migration backups in %s: %s",
                              self.paths.backups_dir, exc)
@@ -173,11 +199,12 @@ class _Run:
         first = next(p for p in self.plan.phases if p not in self.state["completed"])
         try:
             manifest = self._backup()
-        except (OSError, MigrationError) as exc:
+        except (OSError, MigrationError, safefs.UnsafePath) as exc:
             # nothing was changed yet: no rollback, only the record
             reason = (f"could not take the backup in {self.paths.backups_dir}: "
                       f"{_reason(exc)}{_root_hint(exc)}")
-            return self._fail(first, reason, self.ip["completed_before"], backup=None)
+            return self._fail(first, reason, self.ip["completed_before"], backup=None,
+                              unsafe=_unsafe(exc))
 
         ctx = Context(self.paths, self.log, self.environ)
         done: list[str] = []
@@ -209,7 +236,7 @@ class _Run:
             origin = f" from {final['migrated_from']}"
         try:
             save_state(self.paths, final)
-        except OSError as exc:
+        except (OSError, safefs.UnsafePath) as exc:
             # every phase is recorded already; only the closing mark is missing
             self.log.warning("migration done, but closing %s failed: %s",
                              self.paths.migration_state_file, exc)
@@ -226,26 +253,28 @@ class _Run:
                        self.paths.backups_dir / name)
         try:
             restore(self.paths, name, manifest)
-        except (RestoreError, OSError) as rexc:
+        except (RestoreError, OSError, MigrationError, safefs.UnsafePath) as rexc:
             # keep the intent: the next start goes on forward with the same backup
             reason = f"{reason}; rollback incomplete: {_reason(rexc)}"
             return self._fail(phase, reason, self.state["completed"], backup=name,
-                              keep_intent=True)
+                              keep_intent=True, unsafe=_unsafe(exc))
         self.log.info("restored everything from before the migration")
-        return self._fail(phase, reason, self.ip["completed_before"], backup=name)
+        return self._fail(phase, reason, self.ip["completed_before"], backup=name,
+                          unsafe=_unsafe(exc))
 
     def _fail(self, phase: str, reason: str, completed: list[str], backup: Optional[str],
-              keep_intent: bool = False) -> Report:
+              *, keep_intent: bool = False, unsafe: bool = False) -> Report:
         new_state = record_failure(self.state, phase, reason, completed)
         if keep_intent:
             new_state["in_progress"] = self.ip
         try:
             save_state(self.paths, new_state)
-        except OSError as exc:
+        except (OSError, safefs.UnsafePath) as exc:
             self.log.error("could not record the migration failure in %s: %s",
                            self.paths.migration_state_file, exc)
         attempts = new_state["failures"][phase]["attempts"]
-        usable = config_usable(self.paths)
+        # a planted object: the agent must not start on tampered directories (78)
+        usable = config_usable(self.paths) and not unsafe
         if attempts >= MAX_ATTEMPTS:
             where = f"; the originals are in {self.paths.backups_dir / backup}" if backup else ""
             next_step = (f"gave up after {attempts} attempts; the agent will not retry it on "

@@ -3,16 +3,15 @@ writes only atomically, and is safe to run again after a crash."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..atomic import atomic_write_bytes, fsync_dir
+from .. import owner, safefs
+from ..atomic import atomic_write_bytes
 from ..config import (
     ConfigError,
     needs_schema_upgrade,
@@ -21,7 +20,6 @@ from ..config import (
     upgrade_to_current,
     validate,
 )
-from ..owner import chown_to_agent
 from ..paths import Paths
 from ..version import CONFIG_SCHEMA_VERSION
 from .faults import crash_point, write_point
@@ -41,14 +39,11 @@ def _read(path: Path) -> Optional[dict[str, Any]]:
     try:
         return read_config(path)
     except ConfigError as exc:
-        raise MigrationError(str(exc)) from None
+        raise MigrationError(str(exc)) from exc  # the cause tells a planted object apart
 
 
 def _names(directory: Path) -> tuple[str, ...]:
-    try:
-        return tuple(sorted(os.listdir(directory)))
-    except FileNotFoundError:
-        return ()
+    return tuple(safefs.listdir(directory))
 
 
 def _save(ctx: Context, phase: str, cfg: dict[str, Any]) -> None:
@@ -69,30 +64,27 @@ def _check_identity(ctx: Context, expected: dict[str, Any], what: str) -> None:
 
 
 def _remove_legacy(ctx: Context) -> None:
+    """fd walks: a symlink in the legacy trees is removed, never followed."""
     paths = ctx.paths
-    if paths.legacy_state_dir.is_dir():
-        shutil.rmtree(paths.legacy_state_dir)
-        fsync_dir(paths.legacy_state_dir.parent)
+    if safefs.kind(paths.legacy_state_dir) == "dir":
+        safefs.remove(paths.legacy_state_dir)
+        safefs.fsync_parent(paths.legacy_state_dir)
     crash_point(paths, "directory", "removing", ctx.environ)
-    if paths.legacy_config_dir.is_dir():
+    if safefs.kind(paths.legacy_config_dir) == "dir":
         # the legacy config goes last: while it exists the identity is on disk twice
         for name in _names(paths.legacy_config_dir):
             p = paths.legacy_config_dir / name
-            if p == paths.legacy_config_file:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            paths.legacy_config_file.unlink()
-        paths.legacy_config_dir.rmdir()
-        fsync_dir(paths.legacy_config_dir.parent)
+            if p != paths.legacy_config_file:
+                safefs.remove(p)
+        safefs.remove(paths.legacy_config_file)
+        safefs.rmdir(paths.legacy_config_dir)
+        safefs.fsync_parent(paths.legacy_config_dir)
 
 
 def run_directory(ctx: Context) -> None:
     paths, log = ctx.paths, ctx.log
-    legacy = _read(paths.legacy_config_file) if paths.legacy_config_dir.is_dir() else None
+    legacy = (_read(paths.legacy_config_file)
+              if safefs.kind(paths.legacy_config_dir) != "missing" else None)
     current = _read(paths.config_file)
     moves = legacy_moves(paths, _names(paths.legacy_config_dir), _names(paths.legacy_state_dir),
                          legacy)
@@ -105,20 +97,22 @@ def run_directory(ctx: Context) -> None:
             _save(ctx, "directory", merged)
     copied: list[tuple[Path, Path]] = []
     for src, dst in moves:
-        if src.is_symlink() or not src.is_file():
-            log.warning("%s is not a regular file; left in the migration backup only", src)
+        # a planted object at either end was refused before the backup; read_bytes and
+        # write_bytes refuse one planted since (UnsafePath rolls the migration back)
+        data = safefs.read_bytes(src, safefs.MAX_FILE)
+        if data is None:
+            log.warning("%s vanished; left in the migration backup only", src)
             continue
-        data = src.read_bytes()
-        if dst.is_file() and not dst.is_symlink():
-            if dst.read_bytes() != data:
+        existing = safefs.read_bytes(dst, safefs.MAX_FILE)
+        if existing is not None:
+            if existing != data:
                 log.warning("%s already exists and differs from %s; keeping the current one "
                             "(the legacy copy stays in the migration backup)", dst, src)
                 continue
         else:
-            dst.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            safefs.make_dirs(dst.parent, 0o750)
             write_point(paths, "directory", ctx.environ)
             atomic_write_bytes(dst, data, 0o600)
-            chown_to_agent(dst)
         copied.append((src, dst))
 
     if merged is not None:
@@ -127,7 +121,7 @@ def run_directory(ctx: Context) -> None:
                 merged.get("agent_id") != legacy["agent_id"]):
             raise MigrationError("the migrated config lost the legacy agent_id; nothing removed")
     for src, dst in copied:
-        if dst.read_bytes() != src.read_bytes():
+        if safefs.read_bytes(dst, safefs.MAX_FILE) != safefs.read_bytes(src, safefs.MAX_FILE):
             raise MigrationError(f"{dst} differs from {src} after copying; nothing removed")
     crash_point(paths, "directory", "verified", ctx.environ)
     _remove_legacy(ctx)
@@ -177,23 +171,20 @@ def run_docker_secrets(ctx: Context) -> None:
 def run_security(ctx: Context) -> None:
     paths = ctx.paths
     write_point(paths, "security", ctx.environ)
-    plan: list[tuple[Path, int]] = [(paths.config_dir, 0o750), (paths.state_dir, 0o750),
-                                    (paths.config_file, 0o600), (paths.backups_dir, 0o700)]
-    for name in _names(paths.backups_dir):
-        plan.append((paths.backups_dir / name, 0o700))
-    for name in _names(paths.state_dir):
-        p = paths.state_dir / name
-        if p.is_file() and not p.is_symlink():
-            plan.append((p, 0o600))
-    for p in _names(paths.config_dir):
-        q = paths.config_dir / p
-        if q.is_file() and not q.is_symlink():
-            plan.append((q, 0o600))
-    for path, mode in plan:
-        if path.is_symlink() or not path.exists():
+    plan: list[tuple[Path, int, str]] = [
+        (paths.config_dir, 0o750, "dir"), (paths.state_dir, 0o750, "dir"),
+        (paths.config_file, 0o600, "file"), (paths.backups_dir, 0o700, "dir")]
+    plan += [(paths.backups_dir / name, 0o700, "dir") for name in _names(paths.backups_dir)]
+    plan += [(paths.state_dir / name, 0o600, "file") for name in _names(paths.state_dir)]
+    plan += [(paths.config_dir / name, 0o600, "file") for name in _names(paths.config_dir)]
+    ids = owner.agent_ids() if os.geteuid() == 0 else None
+    uid, gid = ids if ids is not None else (None, None)
+    for path, mode, expect in plan:
+        # only what is really a directory or plain file: symlinks and others are left alone,
+        # and a hard-linked or foreign file is refused (UnsafePath) by set_attrs
+        if safefs.kind(path) != expect:
             continue
-        os.chmod(path, mode)
-        chown_to_agent(path)
+        safefs.set_attrs(path, mode, uid, gid, expect=expect)
     ctx.log.info("permissions hardened: %s and %s 0750, config 0600, backups 0700",
                  paths.config_dir, paths.state_dir)
 

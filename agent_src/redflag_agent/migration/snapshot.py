@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import safefs
 from ..config import ConfigError, read_config
 from ..paths import Paths
 from .model import SECRET_TOKEN_NAMES, SECRET_URL_NAMES, Snapshot
@@ -22,18 +22,14 @@ def in_container(paths: Paths, environ: Mapping[str, str]) -> bool:
 
 
 def read_secret(directory: Path, names: tuple[str, ...]) -> Optional[str]:
-    """The first non-empty secret among `names`, stripped; regular files only."""
+    """The first non-empty secret among `names`, stripped; regular files only (a symlink or
+    FIFO there is skipped, never followed), at most 64 KiB. /run/secrets is root's, so the
+    owner and link count of a (bind-mounted) secret are not checked."""
     for name in names:
-        path = directory / name
         try:
-            st = path.stat()
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SECRET_BYTES:
-            continue
-        try:
-            value = path.read_bytes().decode("utf-8").strip()
-        except (OSError, UnicodeDecodeError):
+            data = safefs.read_bytes(directory / name, MAX_SECRET_BYTES, strict=False)
+            value = data.decode("utf-8").strip() if data is not None else ""
+        except (OSError, UnicodeDecodeError, safefs.UnsafePath):
             continue
         if value:
             return value
@@ -42,26 +38,40 @@ def read_secret(directory: Path, names: tuple[str, ...]) -> Optional[str]:
 
 def _names(directory: Path) -> tuple[str, ...]:
     try:
-        return tuple(sorted(os.listdir(directory)))
-    except OSError:
+        return tuple(safefs.listdir(directory))
+    except (OSError, safefs.UnsafePath):
         return ()
 
 
-def _config(path: Path) -> tuple[bool, Optional[dict[str, Any]], Optional[str]]:
+def _config(path: Path, unsafe_is_error: bool = True
+            ) -> tuple[bool, Optional[dict[str, Any]], Optional[str]]:
     try:
         cfg = read_config(path)
     except ConfigError as exc:
+        if safefs.caused_by(exc) is not None and not unsafe_is_error:
+            # a planted legacy config: the directory phase is due and refuses it (78)
+            return True, None, None
         return True, None, str(exc)
     return cfg is not None, cfg, None
 
 
+def _present(path: Path) -> bool:
+    """A legacy directory counts as present when anything stands at its path: a planted
+    symlink or file makes the directory phase due, and the migration refuses it (78)."""
+    try:
+        return safefs.kind(path) != "missing"
+    except (OSError, safefs.UnsafePath):
+        return True
+
+
 def read_snapshot(paths: Paths, environ: Optional[Mapping[str, str]] = None) -> Snapshot:
     env = os.environ if environ is None else environ
-    legacy_cfg_dir = paths.legacy_config_dir.is_dir()
-    legacy_state_dir = paths.legacy_state_dir.is_dir()
+    legacy_cfg_dir = _present(paths.legacy_config_dir)
+    legacy_state_dir = _present(paths.legacy_state_dir)
     legacy_present, legacy_cfg, legacy_err = (False, None, None)
     if legacy_cfg_dir:
-        legacy_present, legacy_cfg, legacy_err = _config(paths.legacy_config_file)
+        legacy_present, legacy_cfg, legacy_err = _config(paths.legacy_config_file,
+                                                         unsafe_is_error=False)
     cur_present, cur_cfg, cur_err = _config(paths.config_file)
     state, state_err = load_state(paths)
     container = in_container(paths, env)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import time
 from typing import Any, Optional
 
+from .. import safefs
 from ..atomic import atomic_write_json
-from ..owner import chown_to_agent
 from ..paths import Paths
 from .model import PHASES
 
@@ -64,12 +63,14 @@ def normalize(raw: Any) -> dict[str, Any]:
 def load_state(paths: Paths) -> tuple[dict[str, Any], Optional[str]]:
     """(state, error). A missing file is an empty state; an unreadable one is reported."""
     try:
-        with open(paths.migration_state_file, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return empty_state(), None
+        data = safefs.read_bytes(paths.migration_state_file, safefs.MAX_SMALL_FILE)
+    except safefs.UnsafePath as exc:
+        # not read, and not set aside either: the migration refuses it before any change
+        return empty_state(), str(exc)
     except OSError as exc:
         return empty_state(), f"{paths.migration_state_file}: cannot read: {exc.strerror}"
+    if data is None:
+        return empty_state(), None
     try:
         return normalize(json.loads(data.decode("utf-8"))), None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -82,15 +83,17 @@ def set_aside_corrupt(paths: Paths) -> Optional[str]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = paths.migration_state_file.with_name(
         f"{paths.migration_state_file.name}.corrupt-{stamp}")
+    if safefs.kind(paths.migration_state_file) != "file":
+        return None  # missing; anything else was refused before the migration began
     with contextlib.suppress(FileNotFoundError):
-        os.replace(paths.migration_state_file, target)
+        safefs.rename(paths.migration_state_file, target)
         return target.name
     return None
 
 
 def save_state(paths: Paths, state: dict[str, Any]) -> None:
+    """Atomic, 0600, owned by the agent user (as root), never through a planted object."""
     atomic_write_json(paths.migration_state_file, state, 0o600)
-    chown_to_agent(paths.migration_state_file)
 
 
 def record_completed(state: dict[str, Any], phase: str) -> dict[str, Any]:
