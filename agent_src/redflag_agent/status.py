@@ -37,7 +37,7 @@ def read_state(paths: Paths) -> dict[str, Any]:
         obj = json.loads(data.decode("utf-8"))
     except safefs.UnsafePath as exc:
         return {"last_error": str(exc)}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
         return {}
     return obj if isinstance(obj, dict) else {}
 

@@ -187,3 +187,17 @@ def test_an_unexpected_exception_exits_78_in_one_line(tmp_path):
                            env={**env, "REDFLAG_LOG_LEVEL": "debug"}, check=False)
     assert debug.returncode == 78
     assert "Traceback (most recent call last)" in debug.stderr
+
+
+@pytest.mark.parametrize("name", ["migration_state.json", "status.json"])
+def test_deeply_nested_state_files_are_reported_not_a_traceback(agent, name) -> None:
+    """The agent's own state files are read by root too: nesting must not be a RecursionError."""
+    write_config(agent, {"version": "6", "server_url": URL, **IDENT})
+    state_dir = agent.root / "var" / "lib" / "redflag-agent"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / name).write_bytes(b"[" * 100_000)
+    for args in (("status", "--json"), ("migrate", "--json")):
+        res = agent.run(*args)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Traceback" not in res.stderr and "RecursionError" not in res.stderr
+        json.loads(res.stdout)

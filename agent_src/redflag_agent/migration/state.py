@@ -73,7 +73,8 @@ def load_state(paths: Paths) -> tuple[dict[str, Any], Optional[str]]:
         return empty_state(), None
     try:
         return normalize(json.loads(data.decode("utf-8"))), None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        exc = exc if not isinstance(exc, RecursionError) else ValueError("nested too deeply")
         return empty_state(), (f"{paths.migration_state_file}: unusable ({exc}); it is treated "
                                "as empty and set aside at the next migration")
 
