@@ -191,41 +191,24 @@ def decide_attempt(attempt: Optional[dict[str, Any]], registered: bool,
     return PENDING_ATTEMPT
 
 
-def _sent_before_failing(exc: BaseException) -> bool:
-    """Did an Unreachable error happen after the request was on the wire?
-
-    urllib wraps failures of connect and send in URLError; a failure while waiting for or
-    reading the answer reaches the client as the raw socket error. A client that knows better
-    may say so in `request_sent`."""
-    import urllib.error  # noqa: PLC0415 - the client has imported it already
-
-    sent = getattr(exc, "request_sent", None)
-    if isinstance(sent, bool):
-        return sent
-    cause = exc.__cause__ or exc.__context__
-    return not isinstance(cause, urllib.error.URLError)
-
-
 def request_outcome(exc: BaseException) -> str:
     """Pure: after the register request raised `exc`, may the server have registered us?
 
-    Any HTTP error status means no (the server refused, and a 5xx/429 reports a failure);
-    so does a connection that never carried the request, and a stop (SIGTERM, Ctrl-C) while
-    waiting: a stop is the operator's, and keeping the marker would turn every `systemctl
-    stop` during an outage into a host that needs a hand. A 200 whose body is unusable, a
-    timeout or reset after the request was sent, and anything unexpected mean maybe: the
-    server may have committed the agent and spent the seat."""
-    from .client import ClientError, ServerError, Unreachable  # noqa: PLC0415
+    The marker exists for what must never repeat: a registration the server completed
+    and the agent could not save. Every ClientError is treated as "not registered" and
+    retried (exit 69 for one-shot commands): an error status registered nothing; an answer
+    the client refused (too large, too deep, not JSON, a bad agent_id) gives no identity to
+    keep, and the issue's rule for refused answers is to retry; a timeout or reset after the
+    request was sent is the judgement call: the server answers a registration in
+    milliseconds, so no complete answer within network.timeout almost always means it was
+    not processed (or the server is hostile), and with the default one-seat token a second
+    try cannot create a second agent (the used token is refused: exit 77). A stop (SIGTERM,
+    Ctrl-C) is the operator's: keeping the marker would turn every `systemctl stop` during
+    an outage into a host that needs a hand. Anything else (a bug) means maybe. The window
+    that keeps the marker is the process dying (kill -9, crash) between sending and saving."""
+    from .client import ClientError  # noqa: PLC0415
 
-    if isinstance(exc, (Terminated, KeyboardInterrupt)):
-        return NOT_REGISTERED
-    if isinstance(exc, TokenRejected):
-        return NOT_REGISTERED
-    if isinstance(exc, Unreachable):
-        return MAYBE_REGISTERED if _sent_before_failing(exc) else NOT_REGISTERED
-    if isinstance(exc, ServerError):
-        return MAYBE_REGISTERED if exc.status == 200 else NOT_REGISTERED
-    if isinstance(exc, ClientError):
+    if isinstance(exc, (Terminated, KeyboardInterrupt, ClientError)):
         return NOT_REGISTERED
     return MAYBE_REGISTERED
 

@@ -108,6 +108,8 @@ def test_register_rejected_raises_and_keeps_config(tmp_root, fake_server, answer
     ((429, {"error": "rate limited"}), RateLimited),
     ((500, {"error": "db down"}), ServerError),
     ((503, b"<html>bad gateway</html>"), ServerError),
+    ((200, b"not json"), ServerError),
+    ((200, {"agent_id": "x"}), ServerError),  # missing tokens in the answer
 ])
 def test_register_retryable_failures(tmp_root, fake_server, answer, exc_type):
     fake_server.on("POST", REG, answer)
@@ -117,23 +119,7 @@ def test_register_retryable_failures(tmp_root, fake_server, answer, exc_type):
         r.perform(Client(fake_server.url), tmp_root, "REGTOKEN-1", cfg, LOG)
     assert exc.value.retryable
     assert tmp_root.config_file.read_bytes() == before
-    assert not r.attempt_path(tmp_root).exists(), "an error status registered nothing"
-
-
-@pytest.mark.parametrize("answer", [
-    (200, b"not json"),
-    (200, {"agent_id": "x"}),  # missing tokens in the answer
-])
-def test_register_unusable_200_is_not_retried(tmp_root, fake_server, answer):
-    """A 200 says the server registered us: asking again would spend another seat."""
-    fake_server.on("POST", REG, answer)
-    cfg = _setup(tmp_root, fake_server.url)
-    before = tmp_root.config_file.read_bytes()
-    with pytest.raises(r.AttemptPending) as exc:
-        r.perform(Client(fake_server.url), tmp_root, "REGTOKEN-1", cfg, LOG)
-    assert "outcome is unknown" in str(exc.value) and exc.value.exit_code == 78
-    assert tmp_root.config_file.read_bytes() == before
-    assert r.attempt_path(tmp_root).exists()
+    assert not r.attempt_path(tmp_root).exists(), "nothing to keep: retried"
 
 
 def test_register_connection_refused_is_unreachable(tmp_root):
