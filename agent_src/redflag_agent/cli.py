@@ -222,6 +222,9 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
     except registration.TokenRejected as exc:
         log.error("%s", exc)
         return EX_NOPERM
+    except registration.RegistrationStopped as exc:  # no room (75), unfinished attempt (78)
+        log.error("%s", exc)
+        return exc.exit_code
     except ClientError as exc:
         log.error("registration failed: %s; check the server and try again", exc)
         return EX_UNAVAILABLE

@@ -6,6 +6,7 @@ so nothing is created before we know there is work to do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from .signals import Terminated, Terminator
 from .status import StatusFile, utc_now
 
 if TYPE_CHECKING:
+    from .checkin import Agent
     from .client import Client
 
 # The HTTP client (urllib, ssl) and the check-in loop are imported only once the agent knows
@@ -75,6 +77,11 @@ class Runner:
         self.lock = InstanceLock(paths.state_dir)
         self.reg_log = logs.get("registration")
         self.status: Optional[StatusFile] = None
+        # an identity the server gave us that is not on disk yet (see retry_identity_save)
+        self.unsaved: Optional[dict[str, Any]] = None
+        self.unsaved_since = ""
+        self.unsaved_attempt = 0
+        self.unsaved_next = 0.0
 
     def _ensure_state_dir_locked(self) -> None:
         """Create the state dir only once there is real work, then lock it."""
@@ -86,6 +93,21 @@ class Runner:
                 chown_to_agent(self.paths.state_dir)
         self.lock.acquire()
 
+    def _drop_stale_attempt(self) -> None:
+        """The identity is saved: a marker left beside it only lost its removal."""
+        attempt = registration.read_attempt(self.paths)
+        if attempt is None:
+            return
+        try:
+            with self.term.shielded():
+                registration.clear_attempt(self.paths)
+        except OSError as exc:
+            self.log.warning("cannot remove the finished registration record %s: %s",
+                             registration.attempt_path(self.paths), exc.strerror or exc)
+            return
+        self.log.info("the registration started at %s finished (the identity is saved); "
+                      "removed its record", attempt.get("started"))
+
     def _record_exit(self, reason: str, error: Optional[str] = None) -> None:
         if self.status is None or not self.lock.held:
             return
@@ -93,6 +115,18 @@ class Runner:
         if error is not None:
             changes["last_error"] = f"{utc_now()} {error}"
         self.status.update(**changes)
+
+    def _stop_with_unsaved_identity(self) -> None:
+        if self.unsaved is None:
+            return
+        cfg = self.unsaved
+        self.retry_identity_save(cfg, force=True)  # one last try: the space may be back
+        if self.unsaved is not None:
+            self.reg_log.error(
+                "stopping with the identity of agent %s still unsaved: it is lost. The next "
+                "start stops (exit 78) instead of registering again; delete agent %s on the "
+                "server, free space on %s, then remove %s", cfg["agent_id"], cfg["agent_id"],
+                self.paths.config_dir, registration.attempt_path(self.paths))
 
     def run(self) -> int:
         try:
@@ -102,6 +136,7 @@ class Runner:
             return EX_TEMPFAIL
         except Terminated as exc:
             self.log.info("stopping on %s", exc)
+            self._stop_with_unsaved_identity()
             self._record_exit(f"stopped by {exc}")
             return EX_OK
         finally:
@@ -169,15 +204,20 @@ class Runner:
             return EX_CONFIG
         self._ensure_state_dir_locked()
         self.status = StatusFile(self.paths, self.log)
+        with self.term.shielded():
+            # an identity a previous process held in memory died with it
+            self.status.update(identity_unsaved=None)
+        if decision.action == registration.REGISTERED:
+            self._drop_stale_attempt()
         migrated_from = migrated_from_metadata(self.paths, self.log)
-        from .checkin import Agent  # noqa: PLC0415 - see the note on imports above
 
         try:
             if decision.action == registration.REGISTER:
                 cfg = self._register_until_done(client, cfg, migrated_from)
-            agent = Agent(self.paths, cfg, client, logs.get("checkin"), terminator=self.term,
-                          status=self.status, migrated_from=migrated_from, rand=self.rand,
-                          backoff_base=self.backoff_base, backoff_cap=self.backoff_cap)
+            agent = agent_class(self)(
+                self.paths, cfg, client, logs.get("checkin"), terminator=self.term,
+                status=self.status, migrated_from=migrated_from, rand=self.rand,
+                backoff_base=self.backoff_base, backoff_cap=self.backoff_cap)
             self.log.info("agent %s checking in with %s every %s s", agent.agent_id,
                           client.base, cfg.get("check_in_interval")
                           or cfgmod.DEFAULT_CHECK_IN_INTERVAL)
@@ -187,6 +227,11 @@ class Runner:
             with self.term.shielded():
                 self._record_exit("exit 77: token rejected", str(exc))
             return EX_NOPERM
+        except registration.AttemptPending as exc:
+            self.log.error("%s", exc)
+            with self.term.shielded():
+                self._record_exit("exit 78: unfinished registration attempt", str(exc))
+            return EX_CONFIG
         except cfgmod.ConfigError as exc:
             self.log.error("cannot use the config: %s", exc)
             return EX_CONFIG
@@ -194,6 +239,7 @@ class Runner:
 
     def _register_until_done(self, client: Client, cfg: dict[str, Any],
                              migrated_from: Optional[str]) -> dict[str, Any]:
+        """Register, retrying what registered nothing; never twice in one start."""
         from .client import ClientError  # noqa: PLC0415
 
         attempt = 0
@@ -203,14 +249,84 @@ class Runner:
                 return registration.perform(client, self.paths, token, cfg, self.reg_log,
                                             migrated_from=migrated_from,
                                             shield=self.term.shielded)
-            except ClientError as exc:
+            except registration.IdentityUnsaved as exc:
+                self._identity_unsaved(exc)
+                return exc.cfg
+            except (ClientError, registration.CannotSave) as exc:
                 delay = backoff.retry_delay(attempt, self.rand(), self.backoff_base,
                                             self.backoff_cap, getattr(exc, "retry_after", None))
                 attempt += 1
-                self.reg_log.warning("registration failed: %s; retry %d in %.1f s (at %s)", exc,
-                                 attempt, delay,
-                                 time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
+                log = (self.reg_log.error if isinstance(exc, registration.CannotSave)
+                       else self.reg_log.warning)
+                log("registration failed: %s; retry %d in %.1f s (at %s)", exc, attempt, delay,
+                    time.strftime("%H:%M:%S", time.gmtime(time.time() + delay)))
                 if self.status is not None:
                     with self.term.shielded():
                         self.status.update(last_error=f"{utc_now()} registration: {exc}")
                 self.term.sleep(delay)
+
+    # --- an accepted registration whose identity is not on disk yet ------------------------
+    def _identity_unsaved(self, exc: registration.IdentityUnsaved) -> None:
+        self.unsaved = exc.cfg
+        self.unsaved_since = utc_now()
+        self.unsaved_attempt = 0
+        self._schedule_save_retry()
+        self.reg_log.error("%s; checking in with the identity in memory and retrying the save "
+                           "before check-ins, backing off up to %.0f s between tries", exc,
+                           self.backoff_cap)
+        self._record_unsaved(exc.reason)
+
+    def _schedule_save_retry(self) -> None:
+        delay = backoff.retry_delay(self.unsaved_attempt, self.rand(), self.backoff_base,
+                                    self.backoff_cap)
+        self.unsaved_attempt += 1
+        self.unsaved_next = time.monotonic() + delay
+
+    def _record_unsaved(self, reason: str) -> None:
+        if self.status is None or self.unsaved is None:
+            return
+        error = (f"identity of agent {self.unsaved['agent_id']} not saved to "
+                 f"{self.paths.config_file}: {reason}")
+        with self._shield():
+            self.status.update(
+                identity_unsaved={"agent_id": self.unsaved["agent_id"],
+                                  "since": self.unsaved_since, "error": reason},
+                last_error=f"{utc_now()} registration: {error}")
+
+    def retry_identity_save(self, cfg: dict[str, Any], force: bool = False) -> None:
+        """Called before each check-in (and at stop) while the identity is only in memory."""
+        if self.unsaved is None or (not force and time.monotonic() < self.unsaved_next):
+            return
+        try:
+            registration.save_identity(self.paths, cfg, self._shield)
+        except (OSError, cfgmod.ConfigError) as exc:
+            self._schedule_save_retry()
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.reg_log.warning("still cannot save the identity of agent %s to %s (%s); "
+                                 "retry %d in %.1f s", cfg["agent_id"], self.paths.config_file,
+                                 reason, self.unsaved_attempt,
+                                 max(0.0, self.unsaved_next - time.monotonic()))
+            self._record_unsaved(reason)
+            return
+        self.reg_log.info("identity of agent %s saved to %s (registered at %s)",
+                          cfg["agent_id"], self.paths.config_file, self.unsaved_since)
+        self.unsaved = None
+        if self.status is not None:
+            with self._shield():
+                self.status.update(identity_unsaved=None, last_error=None)
+
+    def _shield(self) -> contextlib.AbstractContextManager[Any]:
+        # once stopping (the last save try at stop), a shield would only raise again on exit
+        return contextlib.nullcontext() if self.term.stopping else self.term.shielded()
+
+
+def agent_class(runner: Runner) -> type[Agent]:
+    """The check-in Agent, trying to save an in-memory identity before each check-in."""
+    from .checkin import Agent  # noqa: PLC0415 - see the note on imports above
+
+    class SavingAgent(Agent):
+        def check_in_once(self) -> list[dict[str, Any]]:
+            runner.retry_identity_save(self.cfg)
+            return super().check_in_once()
+
+    return SavingAgent

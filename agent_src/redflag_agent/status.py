@@ -13,13 +13,13 @@ from .atomic import dumps_json
 from .paths import Paths
 from .version import AGENT_VERSION
 
-STATE_KEYS = ("last_checkin", "last_error", "last_exit_reason")
+STATE_KEYS = ("last_checkin", "last_error", "last_exit_reason", "identity_unsaved")
 REPORT_KEYS = (
     "agent_version", "config_path", "config_present", "config_valid", "config_error",
-    "config_version", "registered", "identity_source", "agent_id", "server_url",
-    "registration_token_present", "legacy_present", "migrations_completed",
+    "config_version", "registered", "identity_source", "identity_kind", "agent_id",
+    "server_url", "registration_token_present", "legacy_present", "migrations_completed",
     "migrations_pending", "migration_failures", "backups", "last_checkin", "last_error",
-    "last_exit_reason",
+    "last_exit_reason", "identity_unsaved", "registration_attempt",
 )
 
 
@@ -83,6 +83,35 @@ def _legacy_identity(paths: Paths) -> Optional[dict[str, Any]]:
         return None
 
 
+def _choose_identity(cfg: Optional[dict[str, Any]], legacy: Optional[dict[str, Any]],
+                     log: logging.Logger) -> Any:
+    try:
+        # the one rule, shared with the migration's merge, so both say the same
+        from .migration.merge import choose_identity  # noqa: PLC0415
+    except Exception as exc:  # status must always answer
+        log.warning("cannot load the identity rule (%s); judging the current config alone",
+                    exc)
+        from types import SimpleNamespace  # noqa: PLC0415
+
+        ok = cfgmod.is_registered(cfg)
+        return SimpleNamespace(kind="complete" if ok else "unknown", registered=ok,
+                               source="current" if ok else None,
+                               identity={"agent_id": cfg.get("agent_id")} if ok and cfg else {})
+    return choose_identity(cfg, legacy)
+
+
+def _registration_attempt(paths: Paths) -> Optional[dict[str, Any]]:
+    from . import registration  # noqa: PLC0415
+
+    attempt = registration.read_attempt(paths)
+    if attempt is None:
+        return None
+    keys = ("started", "server_url", "token_sha256", "hostname", "pid", "agent_id", "error")
+    out = {k: attempt.get(k) for k in keys}
+    out["path"] = str(registration.attempt_path(paths))
+    return out
+
+
 def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
     """Pure of side effects: reads files, writes nothing."""
     out: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
@@ -105,27 +134,29 @@ def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
         out["registration_token_present"] = False
     legacy_present = paths.legacy_config_dir.exists() or paths.legacy_state_dir.exists()
     out["legacy_present"] = legacy_present
-    out["registered"] = False
-    if cfgmod.is_registered(cfg):
-        out["registered"] = True
-        out["identity_source"] = "current"
-        out["agent_id"] = cfg["agent_id"]  # type: ignore[index]
-    elif legacy_present:
-        legacy = _legacy_identity(paths)
-        if cfgmod.is_registered(legacy):
-            out["registered"] = True
-            out["identity_source"] = "legacy"
-            out["agent_id"] = legacy["agent_id"]  # type: ignore[index]
-            if out["server_url"] is None:
-                out["server_url"] = legacy.get("server_url")  # type: ignore[union-attr]
     summary, _ = _migration_summary(paths, log)
     out["migrations_completed"] = list(summary.get("completed") or [])
     out["migrations_pending"] = list(summary.get("pending") or [])
     out["migration_failures"] = dict(summary.get("failures") or {})
     out["backups"] = list(summary.get("backups") or [])
+    # the legacy identity counts only while the directory migration, which merges it with
+    # the same rule (choose_identity), is still to come
+    legacy = (_legacy_identity(paths)
+              if legacy_present and "directory" not in out["migrations_completed"] else None)
+    choice = _choose_identity(cfg, legacy, log)
+    out["identity_kind"] = choice.kind
+    out["registered"] = choice.registered
+    if choice.registered:
+        out["identity_source"] = choice.source
+        out["agent_id"] = choice.identity.get("agent_id")
+        if out["server_url"] is None and choice.source == "legacy" and legacy is not None:
+            out["server_url"] = legacy.get("server_url")
     state = read_state(paths)
     for key in STATE_KEYS:
         out[key] = state.get(key)
+    if not out["registered"]:
+        # beside a saved identity a marker is stale (the next start removes it)
+        out["registration_attempt"] = _registration_attempt(paths)
     return out
 
 
@@ -141,7 +172,9 @@ def human(rep: dict[str, Any]) -> str:
     lines += [
         f"config version:  {rep['config_version']}",
         f"registered:      {'yes' if rep['registered'] else 'no'}"
-        + (f" ({rep['identity_source']} config)" if rep["identity_source"] else ""),
+        + (f" ({rep['identity_source']} config)" if rep["identity_source"] else "")
+        + (f" (identity {rep['identity_kind']})" if rep.get("identity_kind") not in (
+            None, "complete", "absent") else ""),
         f"agent id:        {rep['agent_id']}",
         f"server:          {rep['server_url']}",
         f"reg. token set:  {'yes' if rep['registration_token_present'] else 'no'}",
@@ -153,6 +186,17 @@ def human(rep: dict[str, Any]) -> str:
         f"last error:      {rep['last_error']}",
         f"last exit:       {rep['last_exit_reason']}",
     ]
+    unsaved = rep.get("identity_unsaved")
+    if isinstance(unsaved, dict):
+        lines.append(f"IDENTITY UNSAVED: agent {unsaved.get('agent_id')} registered "
+                     f"{unsaved.get('since')}, kept in memory only: {unsaved.get('error')}")
+    attempt = rep.get("registration_attempt")
+    if isinstance(attempt, dict):
+        lines.append(f"UNFINISHED REGISTRATION: started {attempt.get('started')} with "
+                     f"{attempt.get('server_url')}"
+                     + (f" (agent {attempt['agent_id']})" if attempt.get("agent_id") else "")
+                     + "; an agent may exist on the server for this host; after checking, "
+                     f"remove {attempt.get('path')}")
     if rep["migration_failures"]:
         for phase, info in rep["migration_failures"].items():
             lines.append(f"migration failed: {phase}: {info}")

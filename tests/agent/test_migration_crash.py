@@ -17,7 +17,6 @@ from .migration_fixtures import (
     AGENT_ID,
     JWT,
     REFRESH,
-    REG_TOKEN,
     contents,
     make_legacy,
     read_json,
@@ -55,7 +54,7 @@ def _run(root, make_env, fault: str = "") -> subprocess.CompletedProcess:
 def _assert_finished(paths, legacy_before) -> None:
     cfg = read_json(paths.config_file)
     assert (cfg["agent_id"], cfg["token"], cfg["refresh_token"]) == (AGENT_ID, JWT, REFRESH)
-    assert cfg["registration_token"] == REG_TOKEN
+    assert "registration_token" not in cfg  # never beside a complete identity
     assert cfg["machine_id"] == "m-0123456789" and cfg["version"] == "6"
     assert not paths.legacy_config_dir.exists() and not paths.legacy_state_dir.exists()
     backups = list_backups(paths)

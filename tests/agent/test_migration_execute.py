@@ -65,7 +65,7 @@ def test_legacy_0118_full_migration(tmp_root, caplog):
     cfg = read_json(tmp_root.config_file)
     # identity, tokens and unknown keys kept; legacy shapes upgraded
     assert (cfg["agent_id"], cfg["token"], cfg["refresh_token"]) == (AGENT_ID, JWT, REFRESH)
-    assert cfg["registration_token"] == REG_TOKEN
+    assert "registration_token" not in cfg  # never beside a complete identity
     assert cfg["machine_id"] == "m-0123456789"
     assert cfg["version"] == "6"
     assert cfg["check_in_interval"] == 300

@@ -69,6 +69,7 @@ def test_is_token_rejection(exc, rejected):
 def _setup(tmp_root, server_url):
     cfg = c.merge_desired(None, {"server_url": server_url}, "REGTOKEN-1", False)
     c.save_config(tmp_root, cfg)
+    tmp_root.state_dir.mkdir(parents=True)  # `run` and `register` create it before this
     return cfg
 
 
@@ -118,6 +119,7 @@ def test_register_retryable_failures(tmp_root, fake_server, answer, exc_type):
         r.perform(Client(fake_server.url), tmp_root, "REGTOKEN-1", cfg, LOG)
     assert exc.value.retryable
     assert tmp_root.config_file.read_bytes() == before
+    assert not r.attempt_path(tmp_root).exists(), "nothing to keep: retried"
 
 
 def test_register_connection_refused_is_unreachable(tmp_root):

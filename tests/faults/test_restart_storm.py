@@ -46,12 +46,13 @@ def test_fifty_starts_of_an_unregistered_agent_write_nothing(agent, case, host):
         paths.state_dir.mkdir(parents=True)
         assert agent.run("migrate").returncode == 0
         cfg = paths.config_file.read_text()
-        for key in ("agent_id", "token", "refresh_token", "registration_token"):
+        for key in ("agent_id", "token", "refresh_token"):
             assert key in cfg
+        assert "registration_token" not in cfg  # never beside a complete identity
         import json  # noqa: PLC0415
 
         data = json.loads(cfg)
-        for key in ("agent_id", "token", "refresh_token", "registration_token"):
+        for key in ("agent_id", "token", "refresh_token"):
             data.pop(key)
         write_config(agent, data)
     backups_before = sorted(p.name for p in paths.backups_dir.glob("*"))

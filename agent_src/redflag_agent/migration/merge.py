@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,22 +27,102 @@ def _older_version(current: dict[str, Any], legacy: dict[str, Any]) -> tuple[boo
     return True, legacy["version"] if lv < cv else current["version"]
 
 
+# How far an identity gets with the server (CONTRACT 4): a refresh token renews the access
+# token for 90 days at a time, so agent_id + refresh_token can authenticate; agent_id + an
+# access token works only until that JWT lapses (24 h) and cannot renew; agent_id alone
+# cannot authenticate at all.
+COMPLETE = "complete"
+TOKEN_ONLY = "token_only"  # noqa: S105 - a kind of identity, not a secret
+INCOMPLETE = "incomplete"
+ABSENT = "absent"
+_RANK = {ABSENT: 0, INCOMPLETE: 1, TOKEN_ONLY: 2, COMPLETE: 3}
+
+
+def identity_kind(cfg: Optional[dict[str, Any]]) -> str:
+    cfg = cfg or {}
+    if not _has(cfg, "agent_id"):
+        return ABSENT
+    if _has(cfg, "refresh_token"):
+        return COMPLETE
+    if _has(cfg, "token"):
+        return TOKEN_ONLY
+    return INCOMPLETE
+
+
+@dataclass(frozen=True)
+class IdentityChoice:
+    source: Optional[str]  # "current", "legacy", or None when neither holds an agent_id
+    kind: str  # identity_kind of the chosen identity
+    identity: dict[str, Any]  # the identity keys to keep (only the non-empty ones)
+    note: Optional[str] = None  # why another identity was set aside (names ids, no secrets)
+
+    @property
+    def registered(self) -> bool:
+        return self.kind == COMPLETE
+
+
+def _identity_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg[k] for k in IDENTITY_KEYS if _has(cfg, k)}
+
+
+def choose_identity(current: Optional[dict[str, Any]], legacy: Optional[dict[str, Any]]
+                    ) -> IdentityChoice:
+    """Pure: which identity a host keeps when it has a current and a legacy config.
+
+    - Same agent_id in both: one agent; each key from the current config, gaps filled from
+      the legacy one (a newer JWT beside the legacy refresh token is still that agent's).
+    - Otherwise the identity that gets further with the server wins (complete > token only
+      > incomplete > absent), the current one on a tie; tokens of two agents never mix.
+    The loser stays in the migration backup (which copies both files)."""
+    cur, leg = current or {}, legacy or {}
+    cur_id, leg_id = cur.get("agent_id"), leg.get("agent_id")
+    if cur_id and cur_id == leg_id:
+        combined = {**_identity_of(leg), **_identity_of(cur)}
+        source = "current" if combined == _identity_of(cur) else "legacy"
+        return IdentityChoice(source, identity_kind(combined), combined)
+    cur_kind, leg_kind = identity_kind(cur), identity_kind(leg)
+    if cur_kind == ABSENT and leg_kind == ABSENT:
+        return IdentityChoice(None, ABSENT, {})
+    if _RANK[leg_kind] > _RANK[cur_kind]:
+        winner, loser, source = leg, cur, "legacy"
+    else:
+        winner, loser, source = cur, leg, "current"
+    note = None
+    if loser.get("agent_id"):
+        other = "legacy" if source == "current" else "current"
+        note = (f"the {other} config holds another agent_id ({loser['agent_id']}, identity "
+                f"{identity_kind(loser)}) than the {source} one ({winner['agent_id']}, "
+                f"identity {identity_kind(winner)}); the {source} identity is kept and the "
+                f"{other} one stays in the migration backup")
+    return IdentityChoice(source, identity_kind(winner), _identity_of(winner), note)
+
+
+_DROPPED_NOTE = (
+    "the registration token is dropped: the host keeps its complete identity "
+    "(agent_id and refresh token), and enrolling again would spend a seat")
+
+
 def merge_legacy(current: Optional[dict[str, Any]], legacy: Optional[dict[str, Any]]
                  ) -> tuple[Optional[dict[str, Any]], list[str]]:
     """The config after moving a legacy config next to (or into) the current one.
 
-    Identity (agent_id with its tokens) and registration_token come from the legacy config
-    when the current lacks them; for every other key the current value wins; nested objects
-    merge key by key; unknown keys of both survive. The version becomes the older of the two
-    (missing counts as oldest) so that the config phase normalizes legacy field shapes.
+    The identity is the one choose_identity picks; beside a complete identity no
+    registration_token is kept (it would only spend a seat). Otherwise a registration_token
+    comes from the current config, or from the legacy one when the current lacks it. For
+    every other key the current value wins; nested objects merge key by key; unknown keys of
+    both survive. The version becomes the older of the two (missing counts as oldest) so
+    that the config phase normalizes legacy field shapes.
     Returns (merged, notes); notes explain choices worth logging (no secret values).
     """
     notes: list[str] = []
     if legacy is None:
         return (copy.deepcopy(current) if current is not None else None), notes
-    if current is None:
-        return copy.deepcopy(legacy), notes
     out = copy.deepcopy(legacy)
+    if current is None:
+        if identity_kind(legacy) == COMPLETE and "registration_token" in out:
+            out.pop("registration_token")
+            notes.append(_DROPPED_NOTE)
+        return out, notes
     for key, value in current.items():
         if key in IDENTITY_KEYS or key in ("registration_token", "version"):
             continue
@@ -50,26 +131,26 @@ def merge_legacy(current: Optional[dict[str, Any]], legacy: Optional[dict[str, A
         else:
             out[key] = copy.deepcopy(value)
 
-    cur_id, leg_id = current.get("agent_id"), legacy.get("agent_id")
-    if cur_id:
-        # the current identity wins as a whole; never mix tokens of two agents
-        for key in IDENTITY_KEYS:
-            if _has(current, key):
-                out[key] = current[key]
-            elif leg_id == cur_id and _has(legacy, key):
-                out[key] = legacy[key]
-            else:
-                out.pop(key, None)
-        if leg_id and leg_id != cur_id:
-            notes.append(f"the legacy config holds another agent_id ({leg_id}) than the "
-                         f"current one ({cur_id}); the current identity is kept and the "
-                         "legacy one stays in the migration backup")
-    else:
+    choice = choose_identity(current, legacy)
+    if choice.source is None:
+        # neither holds an agent_id: keep whatever identity keys (nulls) the files have
         for key in IDENTITY_KEYS:
             if not _has(legacy, key) and key in current:
                 out[key] = current[key]
+    else:
+        for key in IDENTITY_KEYS:
+            if key in choice.identity:
+                out[key] = choice.identity[key]
+            else:
+                out.pop(key, None)
+    if choice.note:
+        notes.append(choice.note)
+    if choice.registered:
+        if _has(out, "registration_token") or _has(current, "registration_token"):
+            notes.append(_DROPPED_NOTE)
+        out.pop("registration_token", None)
     # a current token wins; a current explicit null only fills a gap
-    if _has(current, "registration_token") or (
+    elif _has(current, "registration_token") or (
             "registration_token" not in out and "registration_token" in current):
         out["registration_token"] = current["registration_token"]
 
