@@ -106,7 +106,7 @@ def test_issue_12_backup_symlink_attack_writes_nothing_outside(host, case):
                "config.json, migration_state.json deleted; then one agent start (the "
                "migration unit runs as root first)",
                f"nothing created, removed or changed (content, owner, mode) under {TARGET}; "
-               "the agent (registered by now) keeps running, not restarted")
+               "the agent (registered by now) keeps running or stops with 78; not restarted")
     save = "/root/rf-attack-save"
     rfcheck.run_ok(host, f"rm -rf {save} && mkdir -p {save} && "
                          f"cp -a {rfcheck.STATE_DIR} {save}/state && "
@@ -133,13 +133,17 @@ def test_issue_12_backup_symlink_attack_writes_nothing_outside(host, case):
         time.sleep(2)
         assert faultkit.snapshot(host, TARGET) == before
         assert host.run(f"ls -A {TARGET}").stdout.split() == ["keep"]
-        agent = rfcheck.unit_props(host, "ActiveState", "NRestarts")
-        assert agent == {"ActiveState": "active", "NRestarts": "0"}, agent
+        # Running on (the attempt failed inside the sandbox) or stopped with 78 (the agent
+        # refused the planted symlink): either way final, never a restart loop.
+        agent = rfcheck.unit_props(host, "ActiveState", "ExecMainStatus", "NRestarts")
+        assert agent["NRestarts"] == "0", agent
+        assert agent["ActiveState"] == "active" or agent["ExecMainStatus"] == "78", agent
     finally:
         host.run(f"systemctl stop {rfcheck.UNIT}; "
                  f"rm -rf {rfcheck.BACKUP_DIR} {rfcheck.STATE_DIR} {TARGET} && "
                  f"cp -a {save}/state {rfcheck.STATE_DIR} && "
                  f"cp -a {save}/config.json {rfcheck.CONFIG} && rm -rf {save}; "
                  f"systemctl reset-failed {rfcheck.MIGRATE_UNIT}; systemctl start {rfcheck.UNIT}")
+    state = "active" if agent["ActiveState"] == "active" else f"exit {agent['ExecMainStatus']}"
     row.note(f"nothing under {TARGET} changed; migration unit {migrate['Result']} "
-             f"(exit {migrate['ExecMainStatus']}); agent active, 0 restarts")
+             f"(exit {migrate['ExecMainStatus']}); agent {state}, 0 restarts")
