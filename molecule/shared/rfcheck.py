@@ -18,6 +18,8 @@ import devserver  # noqa: E402
 
 AGENT = "python3 -I /opt/redflag-agent/current/redflag-agent.pyz"
 UNIT = "redflag-agent.service"
+MIGRATE_UNIT = "redflag-agent-migrate.service"
+MIGRATE_UNIT_PATH = "/etc/systemd/system/" + MIGRATE_UNIT
 CONFIG = "/etc/redflag-agent/config.json"
 STATE_DIR = "/var/lib/redflag-agent"
 BACKUP_DIR = STATE_DIR + "/migration_backups"
@@ -72,9 +74,9 @@ def agent_status(host) -> dict:
     return json.loads(run_ok(host, AGENT + " status --json"))
 
 
-def unit_props(host, *names: str) -> dict[str, str]:
+def unit_props(host, *names: str, unit: str = UNIT) -> dict[str, str]:
     args = " ".join("-p " + shlex.quote(n) for n in names)
-    out = run_ok(host, f"systemctl show {UNIT} {args}")
+    out = run_ok(host, f"systemctl show {unit} {args}")
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     missing = [n for n in names if n not in props]
     assert not missing, f"systemctl show gave no {missing}"

@@ -134,3 +134,11 @@ def test_started_at_only_for_a_running_main_process(service_module):
     assert service_module.started_at(props) is not None
     assert service_module.started_at({**props, "ActiveState": "failed"}) is None
     assert service_module.started_at({**props, "ExecMainPID": "0"}) is None
+
+
+def test_watched_paths_include_the_migration_unit(service_module):
+    # A process older than the migration unit's file predates that unit too: restart it.
+    unit, migrate = "/etc/systemd/system/redflag-agent.service", "/etc/x/migrate.service"
+    watched = service_module.watched_paths("/opt/redflag-agent/current", unit, migrate)
+    assert watched == ["/opt/redflag-agent/current", unit, migrate]
+    assert service_module.watched_paths("/c", unit, None) == ["/c", unit]

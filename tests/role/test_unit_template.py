@@ -47,10 +47,6 @@ def directives(text: str) -> dict[str, list[str]]:
         ("User", "redflag-agent"),
         ("Group", "redflag-agent"),
         ("ExecStart", "/usr/bin/python3 -I /opt/redflag-agent/current/redflag-agent.pyz run"),
-        (
-            "ExecStartPre",
-            "-+/usr/bin/python3 -I /opt/redflag-agent/current/redflag-agent.pyz migrate",
-        ),
         ("ProtectSystem", "strict"),
         ("ReadWritePaths", "/etc/redflag-agent /var/lib/redflag-agent"),
         ("NoNewPrivileges", "true"),
@@ -60,6 +56,18 @@ def directives(text: str) -> dict[str, list[str]]:
 )
 def test_directive(unit_text, key, value):
     assert directives(unit_text).get(key) == [value]
+
+
+def test_migration_runs_first_in_its_own_unit(unit_text):
+    d = directives(unit_text)
+    # Wants, not Requires: a failed migration must not fail the start (run exits 78 instead).
+    assert "redflag-agent-migrate.service" in " ".join(d.get("Wants", [])).split()
+    assert "redflag-agent-migrate.service" in " ".join(d.get("After", [])).split()
+    assert "Requires" not in d and "BindsTo" not in d and "Requisite" not in d
+    # No command of this unit runs as root without the sandbox any more.
+    execs = [v for k, vs in d.items() if k.startswith("Exec") for v in vs]
+    assert [v for v in execs if v.lstrip("-@:").startswith(("+", "!"))] == []
+    assert "ExecStartPre" not in d
 
 
 def test_no_token_or_environment(unit_text):

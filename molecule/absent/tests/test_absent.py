@@ -9,6 +9,7 @@ CONVERGE = "molecule/shared/converge.yml"
 UNIT_PATHS = (
     "/etc/systemd/system/redflag-agent.service",
     "/usr/lib/systemd/system/redflag-agent.service",
+    rfcheck.MIGRATE_UNIT_PATH,
 )
 
 
@@ -31,8 +32,10 @@ def test_absent_removes_and_deregisters(host, installed):
     assert recap[rfcheck.inventory_name(host)]["changed"] > 0
     for path in (*UNIT_PATHS, "/opt/redflag-agent", "/etc/redflag-agent"):
         assert not host.file(path).exists, f"{path} still exists"
-    load = rfcheck.run_ok(host, "systemctl show redflag-agent.service -p LoadState --value")
-    assert load.strip() == "not-found"
+    for unit in (rfcheck.UNIT, rfcheck.MIGRATE_UNIT):
+        load = rfcheck.run_ok(host, f"systemctl show {unit} -p LoadState --value")
+        assert load.strip() == "not-found", unit
+    assert rfcheck.MIGRATE_UNIT not in rfcheck.run_ok(host, "systemctl list-units --all --failed")
     (agent,) = rfcheck.server_agents()
     assert agent["agent_id"] == installed["agent_id"]
     assert agent["deregistered_at"] is not None, "the agent is still registered on the server"

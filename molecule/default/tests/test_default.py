@@ -91,3 +91,28 @@ def test_server_sees_agent_version(host):
     (agent,) = [a for a in rfcheck.server_agents() if a["agent_id"] == status["agent_id"]]
     assert agent["agent_version"] == status["agent_version"]
     assert agent["migrated_from"] is None
+
+
+def test_migration_unit_installed_static_and_ran_first(host):
+    rfcheck.assert_file(host, rfcheck.MIGRATE_UNIT_PATH, "file", "root", 0o644)
+    migrate = rfcheck.unit_props(
+        host, "LoadState", "UnitFileState", "Result", "ExecMainStatus",
+        "ExecMainExitTimestampMonotonic", unit=rfcheck.MIGRATE_UNIT,
+    )  # fmt: skip
+    assert (migrate["LoadState"], migrate["UnitFileState"]) == ("loaded", "static")
+    assert (migrate["Result"], migrate["ExecMainStatus"]) == ("success", "0")
+    agent = rfcheck.unit_props(host, "ExecMainStartTimestampMonotonic", "Wants", "After")
+    assert rfcheck.MIGRATE_UNIT in agent["Wants"].split()
+    assert rfcheck.MIGRATE_UNIT in agent["After"].split()
+    # The migration finished before the agent's main process started.
+    exited = int(migrate["ExecMainExitTimestampMonotonic"])
+    assert 0 < exited <= int(agent["ExecMainStartTimestampMonotonic"])
+
+
+def test_the_test_host_enforces_unit_sandboxes(host):
+    # systemd in a container without CAP_SYS_ADMIN skips ProtectSystem= silently; then no
+    # scenario would test the units' sandboxes (shared/create.yml adds the capability).
+    out = host.run("systemd-run --wait --pipe --quiet -p ProtectSystem=strict "
+                   "/bin/sh -c 'touch /etc/rf-sandbox-check' 2>&1")
+    assert out.rc != 0 and "Read-only file system" in out.stdout, out.stdout
+    assert not host.file("/etc/rf-sandbox-check").exists

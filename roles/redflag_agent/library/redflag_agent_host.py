@@ -21,7 +21,10 @@ description:
     attributes differ (atomic rename).
   - Reports, without changing them, whether C(opt_dir/version/redflag-agent.pyz) matches
     I(sha256) (root:root 0644), where C(opt_dir/current) points and which versions are installed.
-  - Supports check mode (reports what would change) and diff mode (the unit file).
+  - Writes the root migration's sandboxed unit (I(migrate_unit_path)) the same way.
+  - Removes legacy directories (I(legacy_dirs)) that are empty: the migration unit's
+    sandbox cannot remove them itself, so it leaves them empty (never follows a symlink).
+  - Supports check mode (reports what would change) and diff mode (the unit files).
 options:
   version:
     description: The version being installed (a directory under I(opt_dir)).
@@ -55,6 +58,18 @@ options:
     description: The unit file's content (rendered on the controller).
     type: str
     required: true
+  migrate_unit_path:
+    description: Where the migration unit file goes (written with I(migrate_unit_content)).
+    type: path
+    default: /etc/systemd/system/redflag-agent-migrate.service
+  migrate_unit_content:
+    description: The migration unit's content; omitted, that unit is left alone.
+    type: str
+  legacy_dirs:
+    description: Legacy directories to remove when they exist and are empty.
+    type: list
+    elements: path
+    default: []
   sha256:
     description: Expected sha256 of the version's zipapp; empty counts as not intact.
     type: str
@@ -72,7 +87,7 @@ changes:
   elements: str
   returned: always
 unit_changed:
-  description: The unit file was written (systemd must reload).
+  description: A unit file (the agent's or the migration's) was written (systemd must reload).
   type: bool
   returned: always
 pyz_intact:
@@ -199,6 +214,11 @@ def _have(path: str, follow: bool = False) -> Have:
     return Have(True, stat.S_ISDIR(st.st_mode), owner, group, stat.S_IMODE(st.st_mode))
 
 
+def empty_legacy_dir(have: Have, names: Optional[list[str]]) -> bool:
+    """A legacy directory to remove (pure): a real directory (lstat), with nothing in it."""
+    return have.exists and have.is_dir and names == []
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """root:root 0644, fsynced, renamed over the old file; no temp file left on failure."""
     directory = os.path.dirname(path)
@@ -289,8 +309,38 @@ class Host:
         shutil.chown(want.path, want.owner, want.group)
         os.chmod(want.path, want.mode)
 
-    def unit(self) -> tuple[bool, dict[str, str]]:
-        path, content = self.p["unit_path"], self.p["unit_content"]
+    def legacy_dir(self, path: str) -> None:
+        # lstat: a symlink is not a directory here, and rmdir never follows one.
+        have = _have(path)
+        try:
+            names = os.listdir(path) if have.is_dir else None
+        except OSError:
+            names = None
+        if not empty_legacy_dir(have, names):
+            return
+        if self.check:
+            self.changes.append(f"{path}: empty legacy directory removed")
+            return
+        try:
+            os.rmdir(path)
+        except OSError as exc:  # leftover housekeeping: never fails the run
+            self.module.warn(f"could not remove the empty legacy directory {path}: {exc}")
+            return
+        self.changes.append(f"{path}: empty legacy directory removed")
+
+    def units(self) -> list[dict[str, str]]:
+        """Both unit files (the migration's only when given); the diffs of those written."""
+        wanted = [(self.p["unit_path"], self.p["unit_content"])]
+        if self.p["migrate_unit_content"] is not None:
+            wanted.append((self.p["migrate_unit_path"], self.p["migrate_unit_content"]))
+        diffs = []
+        for path, content in wanted:
+            changed, diff = self.unit(path, content)
+            if changed:
+                diffs.append(diff)
+        return diffs
+
+    def unit(self, path: str, content: str) -> tuple[bool, dict[str, str]]:
         try:
             with open(path, encoding="utf-8") as handle:
                 before = handle.read()
@@ -318,6 +368,12 @@ def main() -> None:
             "state_dir": {"type": "path", "default": "/var/lib/redflag-agent"},
             "unit_path": {"type": "path", "default": "/etc/systemd/system/redflag-agent.service"},
             "unit_content": {"type": "str", "required": True},
+            "migrate_unit_path": {
+                "type": "path",
+                "default": "/etc/systemd/system/redflag-agent-migrate.service",
+            },
+            "migrate_unit_content": {"type": "str"},
+            "legacy_dirs": {"type": "list", "elements": "path", "default": []},
             "sha256": {"type": "str", "default": ""},
             "version_re": {
                 "type": "str",
@@ -339,7 +395,10 @@ def main() -> None:
         Want(p["state_dir"], user, group, 0o750),
     ):
         host.directory(want)
-    unit_changed, diff = host.unit()
+    for path in p["legacy_dirs"]:
+        host.legacy_dir(path)
+    diffs = host.units()
+    unit_changed = bool(diffs)
     pyz = os.path.join(version_dir, "redflag-agent.pyz")
     pyz_have = _have(pyz)
     actual = sha256_of(pyz) if pyz_have.exists and not pyz_have.is_dir else None
@@ -352,8 +411,8 @@ def main() -> None:
         "current_version": current_version,
         "installed_versions": versions,
     }
-    if module._diff and unit_changed:
-        result["diff"] = diff
+    if module._diff and diffs:
+        result["diff"] = diffs
     module.exit_json(**result)
 
 

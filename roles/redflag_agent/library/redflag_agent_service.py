@@ -47,6 +47,9 @@ options:
     description: The unit file; a running process older than it is restarted.
     type: path
     default: /etc/systemd/system/redflag-agent.service
+  migrate_unit_path:
+    description: The migration unit's file; a running process older than it is restarted too.
+    type: path
   verify:
     description: Wait for and classify the outcome.
     type: bool
@@ -209,6 +212,11 @@ def is_stale(started_at: Optional[float], newest_change: Optional[float]) -> boo
     return newest_change > started_at + STALE_SLACK_S
 
 
+def watched_paths(current: str, unit_path: str, migrate_unit_path: Optional[str]) -> list[str]:
+    """What a running process must not be older than (pure): the version and both units."""
+    return [current, unit_path] + ([migrate_unit_path] if migrate_unit_path else [])
+
+
 def poll_delays(retries: int, delay: float) -> list[float]:
     """Pauses between polls: 0.25 s doubling up to `delay`, within retries x delay in all."""
     budget = max(1, retries) * max(0.0, delay)
@@ -284,6 +292,7 @@ def main() -> None:
             "should_run": {"type": "bool"},
             "current": {"type": "path", "default": "/opt/redflag-agent/current"},
             "unit_path": {"type": "path", "default": "/etc/systemd/system/redflag-agent.service"},
+            "migrate_unit_path": {"type": "path"},
             "verify": {"type": "bool", "default": True},
             "token_embedded": {"type": "bool", "default": False},
             "retries": {"type": "int", "default": 20},
@@ -294,7 +303,8 @@ def main() -> None:
     )
     p = module.params
     unit_state = show(module, p["unit"], STATE_PROPS)
-    stale = is_stale(started_at(unit_state), newest_change([p["current"], p["unit_path"]]))
+    watched = watched_paths(p["current"], p["unit_path"], p["migrate_unit_path"])
+    stale = is_stale(started_at(unit_state), newest_change(watched))
     should_run = p["should_run"]
     if should_run is None:  # the configure step did not run (--tags): ask the agent
         status, _unit = observe(module)
