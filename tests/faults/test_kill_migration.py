@@ -1,5 +1,6 @@
-"""kill -9 during each migration phase, through the CLI the unit runs (`migrate` as
-ExecStartPre, then `run`): the next start completes, the identity is intact, one backup."""
+"""kill -9 during each migration phase, through the CLI the units run (`migrate` in
+redflag-agent-migrate.service, then `run`): the next start completes, the identity is
+intact, one backup."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from redflag_agent.paths import Paths
 
 from .conftest import stop, tree, wait_until
 
-DONE = ("legacy 0.1.18 host; `migrate` (the unit's ExecStartPre) killed with exit 137 at "
-        "the fault point (os._exit, as kill -9); then the next start (`migrate` again)")
+DONE = ("legacy 0.1.18 host; `migrate` (redflag-agent-migrate.service) killed with exit 137 "
+        "at the fault point (os._exit, as kill -9); then the next start (`migrate` again)")
 CHECKED = ("exit 137 at the point; next start exit 0; config v6 with the same agent_id/"
            "tokens and unknown keys kept; legacy dirs gone; exactly one backup holding the "
            "legacy originals byte for byte; a third start writes nothing")

@@ -19,7 +19,7 @@ def _storm(agent, paths: Paths) -> tuple[float, set[str]]:
     t0 = time.monotonic()
     messages: set[str] = set()
     for _ in range(STARTS):
-        mig = agent.run("migrate")  # ExecStartPre=+
+        mig = agent.run("migrate")  # redflag-agent-migrate.service (root, sandboxed)
         assert mig.returncode == 0, mig.stderr
         res = agent.run("run")
         assert res.returncode == 78, res.stderr
