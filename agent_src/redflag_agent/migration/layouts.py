@@ -94,7 +94,8 @@ def migrated_from(layout: Optional[str], cfg: Optional[dict[str, Any]]) -> Optio
 def litter_names(state_names: Sequence[str], backup_names: Sequence[str],
                  v02_backup_names: Sequence[str]) -> list[tuple[str, str]]:
     """(group, name) of every litter entry, from the listings of /var/lib/redflag-agent, our
-    migration_backups and 0.2's migration_backups."""
+    migration_backups (its directories and symlinks only: a plain file there is no backup
+    and is left alone) and 0.2's migration_backups."""
     out = [(SIBLING, n) for n in state_names if LITTER_SIBLING_RE.match(n)]
     out += [(SURPLUS, n) for n in backup_names if not OUR_BACKUP_RE.match(n)]
     out += [(V02_BACKUP, n) for n in v02_backup_names]

@@ -24,8 +24,9 @@ from typing import Any, Callable, Optional
 
 from .. import safefs
 from ..paths import Paths
-from .layouts import SIBLING, SURPLUS, V02_BACKUP, FoundConfig, keep_reason, litter_names
+from .layouts import SIBLING, SURPLUS, V02_BACKUP, FoundConfig, keep_reason
 from .merge import logical
+from .snapshot import find_litter
 
 CONFIG_NAME = "config.json"
 MAX_ENTRIES_PER_ITEM = 10000  # an entry larger than this is kept, not inspected
@@ -46,16 +47,6 @@ class LitterResult:
 def parents(paths: Paths) -> dict[str, Path]:
     return {SIBLING: paths.state_dir, SURPLUS: paths.backups_dir,
             V02_BACKUP: paths.v02_backups_dir}
-
-
-def find(paths: Paths) -> list[tuple[str, str]]:
-    def names(p: Path) -> list[str]:
-        try:
-            return safefs.listdir(p)
-        except (OSError, safefs.UnsafePath):
-            return []
-    return litter_names(names(paths.state_dir), names(paths.backups_dir),
-                        names(paths.v02_backups_dir))
 
 
 def _freed(st: os.stat_result) -> int:
@@ -148,7 +139,7 @@ def remove(paths: Paths, migrated: Optional[dict[str, Any]], log: logging.Logger
     is still litter, and was judged removable before its first file went."""
     result = LitterResult()
     by_parent: dict[str, list[str]] = {}
-    for group, name in find(paths):
+    for group, name in find_litter(paths):
         by_parent.setdefault(group, []).append(name)
     total = sum(len(v) for v in by_parent.values())
     where: Mapping[str, Path] = parents(paths)

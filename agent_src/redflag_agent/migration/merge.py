@@ -275,7 +275,9 @@ def merge_upstream(current: Optional[dict[str, Any]],
         if cfg is None:
             continue
         acc, more = merge_legacy(acc, strip_bookkeeping(cfg))
-        notes.extend(f"{name}: {n}" for n in more)
+        # merge_legacy's words: its "legacy" is this layout, its "current" all merged so far
+        notes.extend(n.replace("the legacy", f"the upstream {name}").replace(
+            "the current", "the current (or a newer upstream)") for n in more)
     return acc, notes
 
 

@@ -164,6 +164,29 @@ def _other_subdirs(paths: Paths) -> bool:
     return st.st_nlink - 2 - ours > 0
 
 
+def subdir_names(directory: Path) -> tuple[str, ...]:
+    """Names of the directories and symlinks in `directory` (plain files skipped): what a
+    surplus backup of the old agent can be; [] when missing or refused."""
+    try:
+        fd = safefs.open_dir(directory)
+    except (OSError, safefs.UnsafePath):
+        return ()
+    try:
+        out = []
+        for name in sorted(os.listdir(fd)):
+            st = safefs.lstat_at(fd, name)
+            if st is not None and (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                out.append(name)
+        return tuple(out)
+    finally:
+        os.close(fd)
+
+
+def find_litter(paths: Paths) -> list[tuple[str, str]]:
+    return litter_names(_names(paths.state_dir), subdir_names(paths.backups_dir),
+                        _names(paths.v02_backups_dir))
+
+
 def read_litter(paths: Paths, kinds: Mapping[str, str], state: Mapping[str, Any]
                 ) -> tuple[tuple[str, str], ...]:
     """The loop's litter, looked for only while its removal is not recorded and there is a
@@ -172,8 +195,7 @@ def read_litter(paths: Paths, kinds: Mapping[str, str], state: Mapping[str, Any]
         return ()
     if not (takeover_layouts(kinds) or _other_subdirs(paths)):
         return ()
-    return tuple(litter_names(_names(paths.state_dir), _names(paths.backups_dir),
-                              _names(paths.v02_backups_dir)))
+    return tuple(find_litter(paths))
 
 
 def _present(path: Path) -> bool:
