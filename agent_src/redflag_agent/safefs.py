@@ -1,8 +1,9 @@
 """File operations that never follow what the redflag-agent user can plant.
 
 Root (the unit's `migrate`, the role's `config apply`, `status`) works inside directories
-the unprivileged agent user owns: /etc/redflag-agent, /var/lib/redflag-agent and the legacy
-/etc/aggregator, /var/lib/aggregator. Every open, create, rename, remove, chmod and chown
+the unprivileged agent user owns: /etc/redflag-agent, /var/lib/redflag-agent and the
+upstream layouts' /etc/aggregator, /var/lib/aggregator, /etc/redflag, /var/lib/redflag and
+/var/log/redflag. Every open, create, rename, remove, chmod and chown
 there goes through this module, which works relative to directory file descriptors:
 
 - the anchor (the parent of those directories, e.g. /etc) is trusted: root-owned and not
@@ -28,10 +29,14 @@ from . import owner
 
 PathArg = Union[str, "os.PathLike[str]"]
 
-# the directories the agent user may write, as suffixes below REDFLAG_ROOT
+# the directories the agent user may write, as suffixes below REDFLAG_ROOT: ours, 0.1.18's,
+# and the later upstream layouts' (/etc/redflag holds 0.1.19-0.1.23's config and 0.2's
+# agent/, agent_id, server/; /var/lib/redflag/agent and /var/log/redflag/agent are 0.2's).
+# The loop's litter lies inside /var/lib/redflag-agent.
 AGENT_TOPS: tuple[tuple[str, ...], ...] = (
     ("etc", "redflag-agent"), ("var", "lib", "redflag-agent"),
     ("etc", "aggregator"), ("var", "lib", "aggregator"), ("run", "secrets"),
+    ("etc", "redflag"), ("var", "lib", "redflag"), ("var", "log", "redflag"),
 )
 MAX_SMALL_FILE = 1024 * 1024  # config.json, migration_state.json, status.json, manifests
 MAX_FILE = 16 * 1024 * 1024  # legacy files copied into a backup (keys, certs, acks)
@@ -117,8 +122,8 @@ def split(path: PathArg, strict: bool = False) -> tuple[str, tuple[str, ...]]:
                 return "/" + "/".join(parts[:cut]), tuple(parts[cut:])
     if strict or not parts:
         raise UnsafePath(path, "a path outside the agent's directories",
-                         "a path below /etc/redflag-agent, /var/lib/redflag-agent or the "
-                         "legacy directories")
+                         "a path below /etc/redflag-agent, /var/lib/redflag-agent or an "
+                         "upstream layout's directories")
     return "/" + "/".join(parts[:-1]), (parts[-1],)
 
 
@@ -197,6 +202,12 @@ def _open_child(dir_fd: int, name: str, path: str, *, create: bool, mode: int,
             os.close(fd)
             raise
     return fd
+
+
+def open_subdir(dir_fd: int, name: str, path: PathArg) -> int:
+    """The fd of the directory `name` inside an open directory, never through a symlink
+    (UnsafePath naming what is there instead); FileNotFoundError when missing."""
+    return _open_child(dir_fd, name, os.fspath(path), create=False, mode=0o700, chown=False)
 
 
 def open_dir(path: PathArg, *, create: bool = False, mode: int = 0o750,

@@ -20,6 +20,7 @@ REPORT_KEYS = (
     "server_url", "registration_token_present", "legacy_present", "migrations_completed",
     "migrations_pending", "migration_failures", "backups", "last_checkin", "last_error",
     "last_exit_reason", "identity_unsaved", "registration_attempt",
+    "upstream_layout",
 )
 
 
@@ -139,6 +140,8 @@ def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
     out["migrations_pending"] = list(summary.get("pending") or [])
     out["migration_failures"] = dict(summary.get("failures") or {})
     out["backups"] = list(summary.get("backups") or [])
+    # "0.1.18" | "0.1.19-0.1.23" | "0.2" | None: recorded once migrated, detected while pending
+    out["upstream_layout"] = summary.get("upstream_layout")
     # the legacy identity counts only while the directory migration, which merges it with
     # the same rule (choose_identity), is still to come
     legacy = (_legacy_identity(paths)
@@ -179,6 +182,7 @@ def human(rep: dict[str, Any]) -> str:
         f"server:          {rep['server_url']}",
         f"reg. token set:  {'yes' if rep['registration_token_present'] else 'no'}",
         f"legacy present:  {'yes' if rep['legacy_present'] else 'no'}",
+        f"upstream layout: {rep.get('upstream_layout') or '-'}",
         f"migrations done: {', '.join(rep['migrations_completed']) or '-'}",
         f"pending:         {', '.join(rep['migrations_pending']) or '-'}",
         f"backups:         {', '.join(rep['backups']) or '-'}",

@@ -132,3 +132,98 @@ def quiet_logger(name: str = "test.migration") -> logging.Logger:
     log = logging.getLogger(name)
     log.setLevel(logging.DEBUG)
     return log
+
+
+# --- the later upstream layouts (CONTRACT section 2) and the loop's litter ---------------
+V02_ID = "7e1d2c3b-4a59-4687-9a0b-c1d2e3f4a5b6"
+V02_REFRESH = "refresh-SECRET-v02-7a8b"
+V02_JWT = "jwt-SECRET-v02-1c2d"
+
+
+def v0119_config(**overrides: Any) -> dict[str, Any]:
+    """What the seed's generation (0.1.19-0.1.23) wrote to /etc/redflag/config.json."""
+    cfg = legacy_config(version="5", check_in_interval=300, tags=["web"],
+                        tls={"insecure_skip_verify": False, "ca_file": "/etc/redflag/ca.pem"})
+    cfg.update(overrides)
+    return {k: v for k, v in cfg.items() if v is not _DROP}
+
+
+def v02_config(**overrides: Any) -> dict[str, Any]:
+    """What upstream 0.2.x wrote to /etc/redflag/agent/config.json: 0.1.x's keys plus its
+    own (agent_version, migration_state, command_signing, polling), Go durations in ns."""
+    cfg: dict[str, Any] = {
+        "version": "7", "agent_version": "0.2.4",
+        "server_url": SERVER, "agent_id": V02_ID, "token": V02_JWT,
+        "refresh_token": V02_REFRESH, "check_in_interval": 300,
+        "network": {"timeout": 30000000000, "retry_count": 3, "retry_delay": 5000000000,
+                    "max_idle_conn": 10},
+        "logging": {"level": "info", "max_size": 100, "max_backups": 3, "max_age": 28},
+        "migration_state": {"last_completed": "0.2.0", "phases": ["config_v6"]},
+        "command_signing": {"enabled": True, "enforcement_mode": "strict"},
+        "polling": {"heartbeat_seconds": 10},
+        "machine_id": "m-v02",
+    }
+    cfg.update(overrides)
+    return {k: v for k, v in cfg.items() if v is not _DROP}
+
+
+def make_v0119(paths: Paths, cfg: Optional[dict[str, Any]] = None, litter: int = 0) -> None:
+    """A host of the seed's generation: /etc/redflag/config.json (+ its CA), the agent's
+    state in /var/lib/redflag-agent, and `litter` directories of the restart loop."""
+    write_json(paths.v0119_config_file, v0119_config() if cfg is None else cfg, 0o600)
+    (paths.upstream_etc_dir / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nCA19\n")
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    make_litter(paths, litter)
+
+
+def make_litter(paths: Paths, count: int, cfg: Optional[dict[str, Any]] = None,
+                start: int = 0) -> list[Path]:
+    """`count` directories as the loop left them: a config.json copy (unregistered, as the
+    loop's was) and a few small files each."""
+    made = []
+    body = json.dumps(cfg if cfg is not None else {"server_url": SERVER,
+                                                   "registration_token": REG_TOKEN})
+    for i in range(start, start + count):
+        day, sec = divmod(i, 86400)
+        d = paths.state_dir / (f"migration_backups_2025-01-{1 + day:02d}-"
+                               f"{sec // 3600:02d}{sec // 60 % 60:02d}{sec % 60:02d}")
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(body)
+        (d / "pending_acks.json").write_text("[]")
+        (d / "migration.log").write_text("migration required: 0.1.23.6 -> 6\n")
+        made.append(d)
+    return made
+
+
+def make_v02(paths: Paths, cfg: Optional[dict[str, Any]] = None, agent_id_file: bool = True,
+             backups: int = 0) -> None:
+    """A 0.2.x host: config in /etc/redflag/agent, agent_id and server key under
+    /etc/redflag, state in /var/lib/redflag/agent/{state,cache,migration_backups}, logs."""
+    cfg = v02_config() if cfg is None else cfg
+    write_json(paths.v02_config_file, cfg, 0o600)
+    if agent_id_file and cfg.get("agent_id"):
+        paths.v02_agent_id_file.write_text(cfg["agent_id"] + "\n")
+    paths.v02_server_dir.mkdir(parents=True, exist_ok=True)
+    (paths.v02_server_dir / "server_public_key").write_text("ed25519-PUBLIC-KEY\n")
+    for sub in ("state", "cache", "migration_backups"):
+        (paths.v02_state_dir / sub).mkdir(parents=True, exist_ok=True)
+    (paths.v02_state_dir / "state" / "pending_acks.json").write_text('[{"id": "v02-ack"}]')
+    (paths.v02_state_dir / "cache" / "updates.json").write_text('{"apt": []}')
+    for i in range(backups):
+        b = paths.v02_backups_dir / f"backup_{i}"
+        b.mkdir()
+        write_json(b / "config.json", cfg)
+    paths.v02_log_dir.mkdir(parents=True, exist_ok=True)
+    (paths.v02_log_dir / "agent.log").write_text("upstream log line\n")
+
+
+def upstream_files(paths: Paths) -> dict[str, bytes]:
+    """Every upstream file the takeover removes, by path below the root, with its bytes."""
+    out = {}
+    for top in (paths.upstream_etc_dir, paths.v02_state_dir):
+        if not top.exists():
+            continue
+        for p in sorted(top.rglob("*")):
+            if p.is_file() and paths.v02_backups_dir not in p.parents:
+                out[str(p.relative_to(paths.root))] = p.read_bytes()
+    return out

@@ -27,6 +27,7 @@ from .conftest import Agent
 USER = "redflag-agent"
 DECOY = "DECOY-ROOT-ONLY-" + os.urandom(6).hex()
 AGENT_ID = "5b2c9a1e-7f3d-4e8a-9c61-2f0b8d4e7a10"
+LITTER = "migration_backups_2025-01-01-000000"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the case is root "
                                 "acting in directories another user owns (CI runs as root)")
@@ -45,7 +46,12 @@ LOCATIONS = {
     "legacy state dir": ("var/lib/aggregator", "dir"),
     "legacy agent.key": ("var/lib/aggregator/agent.key", "file"),
     "moved agent.key": ("var/lib/redflag-agent/agent.key", "file"),
+    "0.1.19-0.1.23 config.json": ("etc/redflag/config.json", "file"),
+    "upstream config dir": ("etc/redflag", "dir"),
+    "litter dir": (f"var/lib/redflag-agent/{LITTER}", "dir"),
 }
+# litter is removed, not read: what is planted there is unlinked, never followed (exit 0)
+LITTER_LOCATIONS = ("litter dir",)
 FILE_PLANTS = ("symlink-file", "symlink-dir", "hardlink", "fifo", "dir")
 DIR_PLANTS = ("symlink-dir", "symlink-file", "fifo", "file")
 CASES = [(loc, plant) for loc, (_, kind) in LOCATIONS.items()
@@ -87,7 +93,8 @@ def make_host(base: Path, pw: pwd.struct_passwd) -> tuple[Path, Path]:
     for d, mode in (("etc/redflag-agent", 0o750), ("var/lib/redflag-agent", 0o750),
                     ("var/lib/redflag-agent/migration_backups", 0o700),
                     ("var/lib/redflag-agent/migration_backups/20260101T000000Z", 0o700),
-                    ("etc/aggregator", 0o750), ("var/lib/aggregator", 0o750)):
+                    ("etc/aggregator", 0o750), ("var/lib/aggregator", 0o750),
+                    ("etc/redflag", 0o750), (f"var/lib/redflag-agent/{LITTER}", 0o700)):
         (root / d).mkdir(parents=True)
         _own(root / d, pw, mode)
     _json(root / "etc/redflag-agent/config.json",
@@ -100,6 +107,12 @@ def make_host(base: Path, pw: pwd.struct_passwd) -> tuple[Path, Path]:
     _json(root / "etc/aggregator/config.json",
           {"server_url": "http://127.0.0.1:9", "agent_id": AGENT_ID, "token": "jwt-x",
            "refresh_token": "refresh-x"}, pw)
+    # the seed's generation too: /etc/redflag/config.json (same agent) and the loop's litter
+    _json(root / "etc/redflag/config.json",
+          {"server_url": "http://127.0.0.1:9", "agent_id": AGENT_ID, "token": "jwt-x",
+           "refresh_token": "refresh-x", "version": "5"}, pw)
+    _json(root / f"var/lib/redflag-agent/{LITTER}/config.json",
+          {"server_url": "http://127.0.0.1:9", "registration_token": "loop-x"}, pw)
     (root / "var/lib/aggregator/agent.key").write_text("legacy key\n")
     _own(root / "var/lib/aggregator/agent.key", pw, 0o600)
     outside = base / "outside"
@@ -184,7 +197,8 @@ def _common_checks(root, outside, at, before_outside, res):
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize(("location", "kind"), CASES)
+@pytest.mark.parametrize(("location", "kind"),
+                         [c for c in CASES if c[0] not in LITTER_LOCATIONS])
 def test_migrate_refuses_before_touching_anything(host, location, kind):
     root, outside, agent, at = _prepare(host, location, kind)
     before_root, before_outside = snapshot(root), snapshot(outside)
@@ -212,8 +226,11 @@ def test_config_apply_refuses_or_stays_clear(host, location, kind):
         assert res.returncode == 0, (res.stdout, res.stderr)
         after = snapshot(root)
         rel = str(at.relative_to(root))
-        assert {k: v for k, v in after.items() if k.startswith(rel)} == {
-            k: v for k, v in before_root.items() if k.startswith(rel)}
+        # rel itself and what is below it ("etc/redflag" is a prefix of "etc/redflag-agent")
+        def below(k: str) -> bool:
+            return k == rel or k.startswith(rel + "/")
+        assert {k: v for k, v in after.items() if below(k)} == {
+            k: v for k, v in before_root.items() if below(k)}
         cfg = root / "etc/redflag-agent/config.json"
         assert json.loads(cfg.read_text())["check_in_interval"] == 120
         st = os.lstat(cfg)
@@ -234,3 +251,20 @@ def test_status_reads_nothing_planted(host, location, kind):
         assert rep["config_valid"] is False and str(at) in rep["config_error"]
     if location == "status.json":
         assert str(at) in rep["last_error"]
+
+
+@pytest.mark.parametrize(("location", "kind"), [c for c in CASES if c[0] in LITTER_LOCATIONS])
+def test_migrate_unlinks_planted_litter_without_following(host, location, kind):
+    """A litter entry that is a symlink (to a root-only file or directory), a FIFO or a file:
+    unlinked like any litter, its target untouched, nothing read from it."""
+    root, outside, agent, at = _prepare(host, location, kind)
+    before_outside = snapshot(outside)
+    res = agent.run("migrate", "--json", timeout=30)
+    _common_checks(root, outside, at, before_outside, res)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["litter"]["removed"] == 1, out
+    assert not os.path.lexists(at)
+    assert not (root / "etc/redflag").exists() and not (root / "etc/aggregator").exists()
+    cfg = json.loads((root / "etc/redflag-agent/config.json").read_text())
+    assert cfg["agent_id"] == AGENT_ID and cfg["version"] == "6"

@@ -16,10 +16,10 @@ from ..paths import Paths
 from .decide import decide
 from .model import MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
-from .state import load_state
+from .state import load_state, recorded_layout
 
 __all__ = ["MAX_ATTEMPTS", "PHASES", "MigrationError", "Plan", "Report", "execute",
-           "migrated_from", "plan", "summary"]
+           "migrated_from", "plan", "summary", "upstream_layout"]
 
 
 def plan(paths: Paths, retry_failed: bool = False) -> Plan:
@@ -41,13 +41,23 @@ def summary(paths: Paths) -> dict[str, Any]:
     p = decide(snap)
     failures = {phase: {"attempts": info["attempts"], "reason": info.get("reason", "")}
                 for phase, info in snap.state.get("failures", {}).items()}
+    litter = snap.state.get("litter")
     return {
         "completed": list(snap.state.get("completed", [])),
         "pending": p.pending,
         "failures": failures,
         "backups": list_backups(paths),
         "error": p.error,
+        # recorded once migrated, detected while pending (see upstream_layout())
+        "upstream_layout": recorded_layout(snap.state) or p.upstream_layout,
+        "litter": litter if isinstance(litter, dict) else None,
     }
+
+
+def upstream_layout(paths: Paths) -> Optional[str]:
+    """The upstream layout this host came from: "0.1.18", "0.1.19-0.1.23", "0.2" or None.
+    From the migration state once migrated, from detection while a takeover is pending."""
+    return summary(paths)["upstream_layout"]
 
 
 def migrated_from(paths: Paths) -> Optional[str]:

@@ -139,9 +139,42 @@ def _tree(paths: Paths, top: Path, files: set[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def collect_entries(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
+def _upstream_entries(paths: Paths, must_be_files: set[Path]) -> list[dict[str, Any]]:
+    """What the takeover removes from the later upstream layouts: /etc/redflag's config.json,
+    agent/, agent_id, server/ and the files it moves; 0.2's state directory except its
+    migration_backups (litter: not backed up, see litter.py). The parents are recorded so a
+    restore recreates them."""
+    out: list[dict[str, Any]] = []
+    for top in (paths.upstream_etc_dir, paths.upstream_lib_dir):
+        out.append(_entry(paths, top, kind_if_missing="dir", expect="dir"))
+    for f in (paths.v0119_config_file, paths.v02_agent_id_file):
+        out.append(_entry(paths, f, expect="file"))
+    out += [_entry(paths, src, expect="file") for src in sorted(must_be_files)
+            if src.parent == paths.upstream_etc_dir]
+    for top in (paths.v02_config_dir, paths.v02_server_dir):
+        out += _tree(paths, top, must_be_files | {paths.v02_config_file})
+    state = _entry(paths, paths.v02_state_dir, kind_if_missing="dir", expect="dir")
+    if state["existed"]:
+        out.append(state)
+        for name in safefs.listdir(paths.v02_state_dir):
+            child = paths.v02_state_dir / name
+            if child == paths.v02_backups_dir:
+                out.append(_entry(paths, child, kind_if_missing="dir", expect="dir"))
+                continue
+            st = safefs.lstat(child)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                out += _tree(paths, child, must_be_files)
+            else:
+                out.append(_describe_entry(paths, child, st, "file",
+                                           "file" if child in must_be_files else None))
+    return out
+
+
+def collect_entries(paths: Paths, moves: list[tuple[Path, Path]],
+                    takeover: bool = False) -> list[dict[str, Any]]:
     """Everything any phase may change or remove, described before the first change.
-    Refuses (UnsafePath) anything planted where root will read, write or chmod."""
+    Refuses (UnsafePath) anything planted where root will read, write or chmod.
+    takeover: the later upstream layouts are taken over in this run."""
     entries: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -155,6 +188,9 @@ def collect_entries(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[s
     must_be_files = {paths.legacy_config_file} | {src for src, _dst in moves}
     for top in (paths.legacy_config_dir, paths.legacy_state_dir):
         for e in _tree(paths, top, must_be_files):
+            add(e)
+    if takeover:
+        for e in _upstream_entries(paths, must_be_files):
             add(e)
     add(_entry(paths, paths.config_file, expect="file"))
     for _src, dst in moves:
@@ -182,9 +218,10 @@ def check_backups_dir(paths: Paths) -> None:
             _entry(paths, paths.backups_dir / name, expect="dir")
 
 
-def preflight(paths: Paths, moves: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
+def preflight(paths: Paths, moves: list[tuple[Path, Path]],
+              takeover: bool = False) -> list[dict[str, Any]]:
     """Everything root is about to touch, checked before the first write (UnsafePath)."""
-    entries = collect_entries(paths, moves)
+    entries = collect_entries(paths, moves, takeover)
     check_backups_dir(paths)
     return entries
 

@@ -6,8 +6,18 @@ from typing import Any, Optional
 
 from ..config import needs_schema_upgrade, schema_version_of
 from ..version import CONFIG_SCHEMA_VERSION
-from .merge import apply_secrets, merge_legacy
-from .model import LEGACY_LAYOUT_VERSION, MAX_ATTEMPTS, PHASES, Plan, Snapshot
+from .layouts import detect, migrated_from, primary_layout, takeover_layouts
+from .merge import apply_secrets, merge_legacy, merge_upstream
+from .model import (
+    LAYOUT_0118,
+    LAYOUT_0119,
+    LAYOUT_02,
+    LEGACY_LAYOUT_VERSION,
+    MAX_ATTEMPTS,
+    PHASES,
+    Plan,
+    Snapshot,
+)
 
 
 def _legacy_version(legacy: Optional[dict[str, Any]]) -> str:
@@ -15,13 +25,33 @@ def _legacy_version(legacy: Optional[dict[str, Any]]) -> str:
     return value if isinstance(value, str) and value.strip() else LEGACY_LAYOUT_VERSION
 
 
-def effective_config(s: Snapshot, with_directory: bool) -> Optional[dict[str, Any]]:
-    """The config the later phases will see: the current one, merged with the legacy one
-    when the directory phase runs first."""
+def upstream_sources(s: Snapshot) -> list[tuple[str, Optional[dict[str, Any]]]]:
+    """The takeover's configs, newest first (the order merge_upstream wants)."""
+    return [(layout, s.upstream_configs.get(layout))
+            for layout in reversed(takeover_layouts(s.probes))]
+
+
+def effective_config(s: Snapshot, with_directory: bool, with_takeover: bool = False
+                     ) -> Optional[dict[str, Any]]:
+    """The config the later phases will see: the current one, merged with the upstream ones
+    when the takeover runs first, then with the legacy one when the directory phase does."""
+    cfg = s.current_config
+    if with_takeover:
+        cfg, _ = merge_upstream(cfg, upstream_sources(s))
     if with_directory:
-        merged, _ = merge_legacy(s.current_config, s.legacy_config)
-        return merged
-    return s.current_config
+        cfg, _ = merge_legacy(cfg, s.legacy_config)
+    return cfg
+
+
+def _origin(s: Snapshot, due: list[str]) -> tuple[Optional[str], Optional[str]]:
+    """(upstream_layout, migrated_from) of the layouts this migration takes over."""
+    configs = {LAYOUT_0118: s.legacy_config, **s.upstream_configs}
+    layout = primary_layout(due, configs)
+    if layout is None:
+        return None, None
+    if layout == LAYOUT_0118:
+        return layout, _legacy_version(s.legacy_config)
+    return layout, migrated_from(layout, configs.get(layout))
 
 
 def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
@@ -37,6 +67,21 @@ def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
     in_progress = state.get("in_progress")
     needed: dict[str, str] = {}
 
+    takeover = takeover_layouts(s.probes)
+    if "takeover" not in completed and takeover:
+        if s.upstream_errors:
+            layout, error = next(iter(s.upstream_errors.items()))
+            plan.error = (f"the upstream {layout} config cannot be taken over: {error}. "
+                          "Nothing was changed; fix that file, or move it away if it holds "
+                          "nothing worth keeping, then start the agent again")
+            return plan
+        where = [str(getattr(s.paths, attr)) for probe, attr in (
+            ("v0119_config", "v0119_config_file"), ("v02_config_dir", "v02_config_dir"),
+            ("v02_agent_id", "v02_agent_id_file"), ("v02_server", "v02_server_dir"),
+            ("v02_state", "v02_state_dir")) if s.probes.get(probe, "missing") != "missing"]
+        needed["takeover"] = (f"upstream {' and '.join(takeover)} layout present "
+                              f"({', '.join(where)})")
+
     if "directory" not in completed and s.legacy_present:
         if s.legacy_config_error:
             plan.error = (f"the legacy config cannot be migrated: {s.legacy_config_error}. "
@@ -50,7 +95,7 @@ def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
                                             s.legacy_state_dir_present)) if present]
         needed["directory"] = f"legacy layout present ({', '.join(where)})"
 
-    effective = effective_config(s, "directory" in needed)
+    effective = effective_config(s, "directory" in needed, "takeover" in needed)
     if "config" not in completed and effective is not None and needs_schema_upgrade(effective):
         version = schema_version_of(effective)
         shown = "missing" if version is None else str(version)
@@ -67,6 +112,11 @@ def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
             if phase not in completed and phase not in needed:
                 needed[phase] = "unfinished in the interrupted migration"
 
+    if "litter" not in completed and s.litter:
+        needed["litter"] = (f"{len(s.litter)} directories left by the upstream agent's restart "
+                            "loop (removed once the rest succeeded; any holding the only copy "
+                            "of an identity is kept)")
+
     # hardening only rides along with a real migration; fresh installs get modes from the role
     if needed and "security" not in completed and "security" not in needed:
         needed["security"] = "config 0600, directories 0750/0700, owner redflag-agent"
@@ -80,8 +130,20 @@ def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
     # one migration is one unit (one backup, one rollback): a given-up phase stops all of it
     plan.phases = [] if plan.blocked else ordered
     plan.resume = bool(in_progress) and bool(plan.phases)
+    present = detect(s.probes, len(s.litter))
+    plan.upstream_layouts = present
+    due = [layout for layout, phase in ((LAYOUT_0118, "directory"), (LAYOUT_0119, "takeover"),
+                                        (LAYOUT_02, "takeover"))
+           if phase in needed and (layout in takeover or layout == LAYOUT_0118)]
+    layout, origin = _origin(s, due)
     if in_progress and in_progress.get("migrated_from"):
         plan.migrated_from = in_progress["migrated_from"]
-    elif "directory" in needed:
-        plan.migrated_from = _legacy_version(s.legacy_config)
+    elif origin is not None:
+        plan.migrated_from = origin
+    if in_progress and in_progress.get("upstream_layout"):
+        plan.upstream_layout = in_progress["upstream_layout"]
+    elif isinstance(state.get("upstream_layout"), str):
+        plan.upstream_layout = state["upstream_layout"]
+    else:
+        plan.upstream_layout = layout or primary_layout(present, {})
     return plan

@@ -23,9 +23,11 @@ from .backup import (
 )
 from .decide import decide
 from .faults import crash_point, write_point
-from .merge import legacy_moves
+from .merge import legacy_moves, takeover_moves
 from .model import (
     DEFAULT_RETENTION,
+    LAYOUT_0119,
+    LAYOUT_02,
     MAX_ATTEMPTS,
     MAX_RESUMES,
     MigrationError,
@@ -35,7 +37,14 @@ from .model import (
 )
 from .phases import RUNNERS, Context
 from .snapshot import read_snapshot
-from .state import record_completed, record_failure, save_state, set_aside_corrupt, utc_now
+from .state import (
+    ORIGIN_PHASES,
+    record_completed,
+    record_failure,
+    save_state,
+    set_aside_corrupt,
+    utc_now,
+)
 
 
 def config_usable(paths: Paths) -> bool:
@@ -59,11 +68,19 @@ def _ensure_dirs(paths: Paths) -> None:
         safefs.make_dirs(d, 0o750)  # new levels 0750, owned by the agent user as root
 
 
-def _preflight(paths: Paths, snap: Snapshot) -> None:
-    """Check every path the run will touch before it writes anything (UnsafePath)."""
+def _moves(paths: Paths, snap: Snapshot, plan: Plan) -> list[tuple[Any, Any]]:
     moves = legacy_moves(paths, snap.legacy_config_names, snap.legacy_state_names,
                          snap.legacy_config)
-    preflight(paths, moves)
+    if "takeover" in plan.phases:
+        moves += takeover_moves(paths, snap.upstream_names,
+                                snap.upstream_configs.get(LAYOUT_0119),
+                                snap.upstream_configs.get(LAYOUT_02))
+    return moves
+
+
+def _preflight(paths: Paths, snap: Snapshot, plan: Plan) -> None:
+    """Check every path the run will touch before it writes anything (UnsafePath)."""
+    preflight(paths, _moves(paths, snap, plan), "takeover" in plan.phases)
 
 
 def _refused(paths: Paths, plan: Plan, exc: BaseException, log: logging.Logger) -> Report:
@@ -94,7 +111,7 @@ def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
         return _unchanged_report(paths, plan, dry_run)
     try:
         # before the first write: a planted object stops everything here
-        _preflight(paths, snap)
+        _preflight(paths, snap, plan)
         _ensure_dirs(paths)
         with config_lock(paths):
             # another process may have migrated while we waited for the lock
@@ -102,7 +119,7 @@ def execute(paths: Paths, log: logging.Logger, dry_run: bool = False, *,
             plan = decide(snap, retry_failed)
             if plan.error or not plan.phases:
                 return _unchanged_report(paths, plan, False)
-            _preflight(paths, snap)
+            _preflight(paths, snap, plan)
             return _Run(paths, log, environ, snap, plan, retention).run()
     except (safefs.UnsafePath, ConfigError) as exc:
         if not _unsafe(exc):
@@ -163,6 +180,8 @@ class _Run:
                   "completed_before": list(state["completed"])}
             if self.plan.migrated_from:
                 ip["migrated_from"] = self.plan.migrated_from
+            if self.plan.upstream_layout:
+                ip["upstream_layout"] = self.plan.upstream_layout
         ip["phases"] = list(self.plan.phases)
         self.ip = ip
         self.state = {**state, "in_progress": ip}
@@ -174,10 +193,8 @@ class _Run:
         self._crash("backup", "before")
         manifest = load_manifest(self.paths, name)
         if manifest is None:
-            snap = self.snap
-            moves = legacy_moves(self.paths, snap.legacy_config_names, snap.legacy_state_names,
-                                 snap.legacy_config)
-            entries = collect_entries(self.paths, moves)
+            entries = collect_entries(self.paths, _moves(self.paths, self.snap, self.plan),
+                                      "takeover" in self.plan.phases)
             write_point(self.paths, "backup", self.environ)
             manifest = create_backup(self.paths, name, entries,
                                      lambda when: self._crash("backup", when))
@@ -209,6 +226,11 @@ class _Run:
         ctx = Context(self.paths, self.log, self.environ)
         done: list[str] = []
         phase = first
+        if first == "litter" and self.ip["resumes"] >= MAX_RESUMES:
+            # only the litter was left: no reason to roll the finished migration back
+            return self._litter_failed(MigrationError(
+                f"the litter removal was interrupted {self.ip['resumes']} times (killed or out "
+                "of memory?)"), done, ctx)
         try:
             if self.ip["resumes"] >= MAX_RESUMES:
                 raise MigrationError(f"the migration was interrupted {self.ip['resumes']} "
@@ -216,23 +238,63 @@ class _Run:
             for phase in self.plan.phases:
                 if phase in self.state["completed"]:
                     continue
-                self._crash(phase, "before")
-                RUNNERS[phase](ctx)
-                self._crash(phase, "after")
-                self.state = record_completed(self.state, phase)
-                if phase == "directory" and self.ip.get("migrated_from"):
-                    self.state["migrated_from"] = self.ip["migrated_from"]
-                save_state(self.paths, self.state)
+                if phase == "litter":
+                    break  # after everything else is recorded: see below
+                self._run_phase(ctx, phase)
                 done.append(phase)
         except Exception as exc:  # noqa: BLE001 - any failure must roll back, and is reported
             return self._roll_back(phase, exc, manifest)
-        return self._finish(done)
+        if "litter" in self.plan.phases and "litter" not in self.state["completed"]:
+            # litter is not in the backup, and the migration before it stands on its own:
+            # a failure here is recorded (retried at the next start) but rolls nothing back
+            try:
+                self._run_phase(ctx, "litter")
+                done.append("litter")
+            except Exception as exc:  # noqa: BLE001 - reported, never a traceback
+                return self._litter_failed(exc, done, ctx)
+        return self._finish(done, ctx)
 
-    def _finish(self, done: list[str]) -> Report:
+    def _run_phase(self, ctx: Context, phase: str) -> None:
+        self._crash(phase, "before")
+        RUNNERS[phase](ctx)
+        self._crash(phase, "after")
+        self.state = record_completed(self.state, phase)
+        if phase in ("directory", "takeover") and self.ip.get("migrated_from"):
+            self.state["migrated_from"] = self.ip["migrated_from"]
+        if phase in ORIGIN_PHASES and self.ip.get("upstream_layout"):
+            self.state["upstream_layout"] = self.ip["upstream_layout"]
+        if phase == "litter":
+            self.state["litter"] = {**ctx.results.get("litter", {}), "at": utc_now()}
+        save_state(self.paths, self.state)
+
+    def _litter_failed(self, exc: BaseException, done: list[str], ctx: Context) -> Report:
+        reason = _reason(exc) + _root_hint(exc)
+        new_state = record_failure(self.state, "litter", reason, self.state["completed"])
+        try:
+            save_state(self.paths, new_state)
+        except (OSError, safefs.UnsafePath) as sexc:
+            self.log.error("could not record the failure in %s: %s",
+                           self.paths.migration_state_file, sexc)
+        attempts = new_state["failures"]["litter"]["attempts"]
+        retry = ("retried at the next start" if attempts < MAX_ATTEMPTS else
+                 "given up: fix the cause, then run `redflag-agent migrate --retry-failed` "
+                 "as root")
+        message = (f"migrated: {', '.join(done) or '-'}; removing the upstream loop's litter "
+                   f"failed: {reason} (attempt {attempts} of {MAX_ATTEMPTS}, {retry}); "
+                   "nothing was rolled back, starting with the migrated config")
+        self.log.error(message)
+        return Report(ok=False, phases_done=done, backup=self.ip["backup"], message=message,
+                      config_usable=config_usable(self.paths),
+                      phases_planned=list(self.plan.phases), failed_phase="litter",
+                      litter=ctx.results.get("litter"))
+
+    def _finish(self, done: list[str], ctx: Context) -> Report:
         name = self.ip["backup"]
         final = {k: v for k, v in self.state.items() if k != "in_progress"}
         origin = ""
-        if "directory" not in self.ip.get("completed_before", []) and final.get("migrated_from"):
+        before = self.ip.get("completed_before", [])
+        if ("directory" not in before and "takeover" not in before
+                and final.get("migrated_from")):
             origin = f" from {final['migrated_from']}"
         try:
             save_state(self.paths, final)
@@ -241,10 +303,14 @@ class _Run:
             self.log.warning("migration done, but closing %s failed: %s",
                              self.paths.migration_state_file, exc)
         message = f"migrated{origin}: {', '.join(self.plan.phases)} (backup {name})"
+        figures = ctx.results.get("litter")
+        if figures:
+            message += (f"; litter: {figures['removed']} removed, {figures['bytes_freed']} "
+                        f"bytes freed, {figures['kept']} kept")
         self.log.info(message)
         return Report(ok=True, phases_done=done, backup=name, message=message,
                       config_usable=config_usable(self.paths),
-                      phases_planned=list(self.plan.phases))
+                      phases_planned=list(self.plan.phases), litter=figures)
 
     def _roll_back(self, phase: str, exc: BaseException, manifest: dict[str, Any]) -> Report:
         name = self.ip["backup"]

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import IDENTITY_KEYS, is_registered, schema_version_of
 from ..paths import Paths
-from .model import LEGACY_STATE_NAMES, LEGACY_STATE_SUFFIXES
+from .model import (
+    LEGACY_STATE_NAMES,
+    LEGACY_STATE_SUFFIXES,
+    UPSTREAM_BOOKKEEPING_KEYS,
+    UpstreamNames,
+)
 
 TLS_FILE_KEYS = ("cert_file", "key_file", "ca_file")
 
@@ -47,6 +53,10 @@ def identity_kind(cfg: Optional[dict[str, Any]]) -> str:
     if _has(cfg, "token"):
         return TOKEN_ONLY
     return INCOMPLETE
+
+
+def identity_rank(cfg: Optional[dict[str, Any]]) -> int:
+    return _RANK[identity_kind(cfg)]
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,39 @@ def choose_identity(current: Optional[dict[str, Any]], legacy: Optional[dict[str
                 f"identity {identity_kind(winner)}); the {source} identity is kept and the "
                 f"{other} one stays in the migration backup")
     return IdentityChoice(source, identity_kind(winner), _identity_of(winner), note)
+
+
+def choose_identity_among(candidates: Sequence[tuple[str, Optional[dict[str, Any]]]]
+                          ) -> IdentityChoice:
+    """Pure: choose_identity over N configs, given as (source name, config) in order of
+    preference: an earlier one wins a tie, the same agent_id in two is one agent (gaps filled
+    from the later). A fold of the two-config rule, so both always agree."""
+    acc: Optional[dict[str, Any]] = None
+    source: Optional[str] = None
+    notes: list[str] = []
+    for name, cfg in candidates:
+        if cfg is None:
+            continue
+        choice = choose_identity(acc, cfg)
+        same_agent = bool(acc) and _has(acc, "agent_id") and acc.get("agent_id") == cfg.get(
+            "agent_id")
+        winner = name if choice.source == "legacy" and not same_agent else source
+        if choice.note:
+            loser = source if winner == name else name
+            notes.append(f"{loser} holds another agent_id than {winner}; {winner}'s identity "
+                         f"is kept and {loser}'s stays in the migration backup")
+        source = winner
+        acc = choice.identity
+    kind = identity_kind(acc)
+    return IdentityChoice(source if kind != ABSENT else None, kind, dict(acc or {}),
+                          "; ".join(notes) or None)
+
+
+def strip_bookkeeping(cfg: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """An upstream config without the keys that describe the upstream agent itself."""
+    if cfg is None:
+        return None
+    return {k: v for k, v in cfg.items() if k not in UPSTREAM_BOOKKEEPING_KEYS}
 
 
 _DROPPED_NOTE = (
@@ -217,3 +260,60 @@ def apply_secrets(cfg: Optional[dict[str, Any]], token: Optional[str],
     if token and not is_registered(out) and out.get("registration_token") != token:
         out["registration_token"] = token
     return out
+
+
+def merge_upstream(current: Optional[dict[str, Any]],
+                   sources: Sequence[tuple[str, Optional[dict[str, Any]]]]
+                   ) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """The config after taking over upstream configs, given newest first. merge_legacy
+    folded: the current config's settings win, then the newer layout's; the identity is
+    choose_identity's, the earlier (current, then newer) winning a tie. Upstream bookkeeping
+    keys are dropped (UPSTREAM_BOOKKEEPING_KEYS); every other unknown key survives."""
+    acc = copy.deepcopy(current) if current is not None else None
+    notes: list[str] = []
+    for name, cfg in sources:
+        if cfg is None:
+            continue
+        acc, more = merge_legacy(acc, strip_bookkeeping(cfg))
+        # merge_legacy's words: its "legacy" is this layout, its "current" all merged so far
+        notes.extend(n.replace("the legacy", f"the upstream {name}").replace(
+            "the current", "the current (or a newer upstream)") for n in more)
+    return acc, notes
+
+
+def _cert_like(name: str) -> bool:
+    return name.endswith(LEGACY_STATE_SUFFIXES)
+
+
+def _referenced(cfg: Optional[dict[str, Any]]) -> set[str]:
+    tls = (cfg or {}).get("tls")
+    if not isinstance(tls, dict):
+        return set()
+    return {v for k, v in tls.items() if k in TLS_FILE_KEYS and isinstance(v, str)}
+
+
+def takeover_moves(paths: Paths, names: UpstreamNames, v0119_cfg: Optional[dict[str, Any]],
+                   v02_cfg: Optional[dict[str, Any]]) -> list[tuple[Path, Path]]:
+    """(source, destination) of every upstream file the takeover keeps in our layout:
+    certificates and keys (or files tls.* names) from the config directories into ours,
+    legacy state files from 0.2's state directory into ours. 0.2 first: on a name clash
+    the newer copy lands and the older one stays in the backup."""
+    moves: list[tuple[Path, Path]] = []
+    v02_refs, v0119_refs = _referenced(v02_cfg), _referenced(v0119_cfg)
+    for name in names.v02_config:
+        src = paths.v02_config_dir / name
+        if name != "config.json" and (_cert_like(name) or logical(paths, src) in v02_refs):
+            moves.append((src, paths.config_dir / name))
+    for base, listed in ((paths.v02_state_dir / "state", names.v02_state_sub),
+                         (paths.v02_state_dir, names.v02_state)):
+        for name in listed:
+            src = base / name
+            if _is_state_name(name) or logical(paths, src) in v02_refs:
+                moves.append((src, paths.state_dir / name))
+    for name in names.etc:
+        src = paths.upstream_etc_dir / name
+        if name in ("config.json", "agent", "agent_id", "server"):
+            continue
+        if _cert_like(name) or logical(paths, src) in v0119_refs:
+            moves.append((src, paths.config_dir / name))
+    return moves

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,10 +22,20 @@ from ..config import (
 )
 from ..paths import Paths
 from ..version import CONFIG_SCHEMA_VERSION
+from . import litter
 from .faults import crash_point, write_point
-from .merge import apply_secrets, legacy_moves, merge_legacy, rewrite_tls_paths
-from .model import SECRET_TOKEN_NAMES, SECRET_URL_NAMES, MigrationError
-from .snapshot import in_container, read_secret
+from .layouts import PROBES, takeover_layouts
+from .litter import rmdir_if_empty
+from .merge import (
+    apply_secrets,
+    legacy_moves,
+    merge_legacy,
+    merge_upstream,
+    rewrite_tls_paths,
+    takeover_moves,
+)
+from .model import LAYOUT_0119, LAYOUT_02, SECRET_TOKEN_NAMES, SECRET_URL_NAMES, MigrationError
+from .snapshot import in_container, kind_of, read_secret, upstream_config, upstream_names
 
 
 @dataclass
@@ -33,6 +43,8 @@ class Context:
     paths: Paths
     log: logging.Logger
     environ: Optional[Mapping[str, str]] = None
+    # what phases report back (the litter figures)
+    results: dict[str, Any] = field(default_factory=dict)
 
 
 def _read(path: Path) -> Optional[dict[str, Any]]:
@@ -81,6 +93,39 @@ def _remove_legacy(ctx: Context) -> None:
         safefs.fsync_parent(paths.legacy_config_dir)
 
 
+def _copy_moves(ctx: Context, moves: list[tuple[Path, Path]], phase: str
+                ) -> list[tuple[Path, Path]]:
+    """Copy each (source, destination); an existing different destination is kept (the
+    source stays in the backup). Returns the pairs copied or already identical."""
+    paths, log = ctx.paths, ctx.log
+    copied: list[tuple[Path, Path]] = []
+    for src, dst in moves:
+        # a planted object at either end was refused before the backup; read_bytes and
+        # write_bytes refuse one planted since (UnsafePath rolls the migration back)
+        data = safefs.read_bytes(src, safefs.MAX_FILE)
+        if data is None:
+            log.warning("%s vanished; left in the migration backup only", src)
+            continue
+        existing = safefs.read_bytes(dst, safefs.MAX_FILE)
+        if existing is not None:
+            if existing != data:
+                log.warning("%s already exists and differs from %s; keeping the current one "
+                            "(the upstream copy stays in the migration backup)", dst, src)
+                continue
+        else:
+            safefs.make_dirs(dst.parent, 0o750)
+            write_point(paths, phase, ctx.environ)
+            atomic_write_bytes(dst, data, 0o600)
+        copied.append((src, dst))
+    return copied
+
+
+def _verify_copies(copied: list[tuple[Path, Path]]) -> None:
+    for src, dst in copied:
+        if safefs.read_bytes(dst, safefs.MAX_FILE) != safefs.read_bytes(src, safefs.MAX_FILE):
+            raise MigrationError(f"{dst} differs from {src} after copying; nothing removed")
+
+
 def run_directory(ctx: Context) -> None:
     paths, log = ctx.paths, ctx.log
     legacy = (_read(paths.legacy_config_file)
@@ -95,38 +140,107 @@ def run_directory(ctx: Context) -> None:
         merged = rewrite_tls_paths(merged, paths, moves)
         if merged != current:
             _save(ctx, "directory", merged)
-    copied: list[tuple[Path, Path]] = []
-    for src, dst in moves:
-        # a planted object at either end was refused before the backup; read_bytes and
-        # write_bytes refuse one planted since (UnsafePath rolls the migration back)
-        data = safefs.read_bytes(src, safefs.MAX_FILE)
-        if data is None:
-            log.warning("%s vanished; left in the migration backup only", src)
-            continue
-        existing = safefs.read_bytes(dst, safefs.MAX_FILE)
-        if existing is not None:
-            if existing != data:
-                log.warning("%s already exists and differs from %s; keeping the current one "
-                            "(the legacy copy stays in the migration backup)", dst, src)
-                continue
-        else:
-            safefs.make_dirs(dst.parent, 0o750)
-            write_point(paths, "directory", ctx.environ)
-            atomic_write_bytes(dst, data, 0o600)
-        copied.append((src, dst))
+    copied = _copy_moves(ctx, moves, "directory")
 
     if merged is not None:
         _check_identity(ctx, merged, "the directory migration")
         if legacy and legacy.get("agent_id") and not (current or {}).get("agent_id") and (
                 merged.get("agent_id") != legacy["agent_id"]):
             raise MigrationError("the migrated config lost the legacy agent_id; nothing removed")
-    for src, dst in copied:
-        if safefs.read_bytes(dst, safefs.MAX_FILE) != safefs.read_bytes(src, safefs.MAX_FILE):
-            raise MigrationError(f"{dst} differs from {src} after copying; nothing removed")
+    _verify_copies(copied)
     crash_point(paths, "directory", "verified", ctx.environ)
     _remove_legacy(ctx)
     log.info("moved the legacy layout into %s and %s (agent_id %s); legacy directories removed",
              paths.config_dir, paths.state_dir, (merged or {}).get("agent_id") or "none yet")
+
+
+def _upstream_configs(ctx: Context, layouts: tuple[str, ...]
+                      ) -> dict[str, Optional[dict[str, Any]]]:
+    out: dict[str, Optional[dict[str, Any]]] = {}
+    for layout in layouts:
+        try:
+            out[layout] = upstream_config(ctx.paths, layout)
+        except ConfigError as exc:
+            raise MigrationError(str(exc)) from exc  # the cause tells a planted object apart
+    return out
+
+
+def _remove_upstream(ctx: Context, moves: list[tuple[Path, Path]]) -> list[str]:
+    """fd walks, never following a symlink. The configs go last: while one exists the
+    identity is on disk twice. Returns what stays (unknown entries, 0.2's litter)."""
+    paths = ctx.paths
+    for name in _names(paths.v02_state_dir) if safefs.kind(paths.v02_state_dir) == "dir" else ():
+        if name != paths.v02_backups_dir.name:
+            safefs.remove(paths.v02_state_dir / name)
+    if safefs.kind(paths.v02_state_dir) == "dir":
+        safefs.fsync_dir(paths.v02_state_dir)
+    for d in (paths.v02_backups_dir, paths.v02_state_dir, paths.upstream_lib_dir):
+        if not rmdir_if_empty(d) and safefs.kind(d) != "missing":
+            break  # 0.2's own backups are litter: the litter phase removes them, then these
+    crash_point(paths, "takeover", "removing", ctx.environ)
+    for p in (paths.v02_server_dir, paths.v02_agent_id_file,
+              *(src for src, _dst in moves if src.parent == paths.upstream_etc_dir)):
+        safefs.remove(p)
+    for name in _names(paths.v02_config_dir) if safefs.kind(paths.v02_config_dir) == "dir" else ():
+        if name != "config.json":
+            safefs.remove(paths.v02_config_dir / name)
+    safefs.remove(paths.v02_config_file)
+    rmdir_if_empty(paths.v02_config_dir)
+    safefs.remove(paths.v0119_config_file)
+    left = [str(paths.upstream_etc_dir / n) for n in _names(paths.upstream_etc_dir)]
+    if safefs.kind(paths.upstream_etc_dir) == "dir" and not rmdir_if_empty(paths.upstream_etc_dir):
+        safefs.fsync_dir(paths.upstream_etc_dir)
+    return left
+
+
+def run_takeover(ctx: Context) -> None:
+    """Take over the later upstream layouts (0.1.19-0.1.23's /etc/redflag/config.json, 0.2's
+    /etc/redflag/agent, agent_id, server/ and /var/lib/redflag/agent): their configs merged
+    into ours (merge_upstream: identity by choose_identity), certificates and state files
+    copied over, the identity read back, then the upstream files removed (they are in the
+    backup). Upstream binaries, units, sudoers and polkit rules are the role's."""
+    paths, log = ctx.paths, ctx.log
+    kinds = {probe: kind_of(getattr(paths, attr)) for probe, attr in PROBES.items()}
+    layouts = takeover_layouts(kinds)
+    configs = _upstream_configs(ctx, layouts)
+    current = _read(paths.config_file)
+    moves = takeover_moves(paths, upstream_names(paths, kinds), configs.get(LAYOUT_0119),
+                           configs.get(LAYOUT_02))
+    merged, notes = merge_upstream(current, [(lt, configs.get(lt)) for lt in reversed(layouts)])
+    for note in notes:
+        log.warning(note)
+    if merged is not None:
+        merged = rewrite_tls_paths(merged, paths, moves)
+        if merged != current:
+            _save(ctx, "takeover", merged)
+    copied = _copy_moves(ctx, moves, "takeover")
+    if merged is not None:
+        _check_identity(ctx, merged, "the takeover")
+    ids = [c.get("agent_id") for c in configs.values() if c and c.get("agent_id")]
+    if ids and not (merged or {}).get("agent_id"):
+        raise MigrationError("the migrated config lost the upstream agent_id; nothing removed")
+    _verify_copies(copied)
+    crash_point(paths, "takeover", "verified", ctx.environ)
+    left = _remove_upstream(ctx, moves)
+    if left:
+        log.warning("left in place in %s (not the upstream agent's): %s",
+                    paths.upstream_etc_dir, ", ".join(left))
+    log.info("took over the upstream %s layout into %s (agent_id %s); upstream files removed "
+             "(kept in the migration backup)%s", " and ".join(layouts), paths.config_dir,
+             (merged or {}).get("agent_id") or "none yet",
+             f"; upstream logs left in {paths.v02_log_dir}"
+             if safefs.kind(paths.v02_log_dir) == "dir" else "")
+
+
+def run_litter(ctx: Context) -> None:
+    """Remove the restart loop's litter (litter.py), judged against the migrated config."""
+    migrated = _read(ctx.paths.config_file)
+
+    def hook(done: int, total: int) -> None:
+        if done == max(1, total // 2):
+            crash_point(ctx.paths, "litter", "removing", ctx.environ)
+
+    ctx.results["litter"] = litter.remove(ctx.paths, migrated, ctx.log, hook).to_dict()
 
 
 def run_config(ctx: Context) -> None:
@@ -190,8 +304,10 @@ def run_security(ctx: Context) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
+    "takeover": run_takeover,
     "directory": run_directory,
     "config": run_config,
     "docker_secrets": run_docker_secrets,
     "security": run_security,
+    "litter": run_litter,
 }

@@ -14,7 +14,10 @@ from typing import Any, Optional
 from .. import safefs
 from ..atomic import atomic_write_json
 from ..paths import Paths
-from .model import PHASES
+from .model import LAYOUT_0118, LAYOUTS, PHASES
+
+# phases whose completion means the host's upstream layout was taken over (or cleaned up)
+ORIGIN_PHASES = ("takeover", "directory", "litter")
 
 STATE_FORMAT = 1
 
@@ -52,6 +55,9 @@ def normalize(raw: Any) -> dict[str, Any]:
     mf = state.get("migrated_from")
     if mf is not None and not isinstance(mf, str):
         raise ValueError("'migrated_from' must be a string")
+    ul = state.get("upstream_layout")
+    if ul is not None and ul not in LAYOUTS:
+        raise ValueError(f"'upstream_layout' must be one of {list(LAYOUTS)}")
     state.setdefault("format", STATE_FORMAT)
     state["completed"] = [p for p in PHASES if p in completed]
     state["failures"] = failures
@@ -116,8 +122,10 @@ def record_failure(state: dict[str, Any], phase: str, reason: str,
     out["completed_at"] = {p: t for p, t in stamps.items() if p in out["completed"]}
     if not out["completed_at"]:
         out.pop("completed_at")
-    if "directory" not in out["completed"]:
+    if "directory" not in out["completed"] and "takeover" not in out["completed"]:
         out.pop("migrated_from", None)  # that directory migration was rolled back
+    if not any(p in out["completed"] for p in ORIGIN_PHASES):
+        out.pop("upstream_layout", None)
     previous = out["failures"].get(phase, {})
     out["failures"][phase] = {
         "attempts": int(previous.get("attempts", 0)) + 1,
@@ -126,3 +134,15 @@ def record_failure(state: dict[str, Any], phase: str, reason: str,
     }
     out.pop("in_progress", None)
     return out
+
+
+def recorded_layout(state: dict[str, Any]) -> Optional[str]:
+    """The upstream layout a migrated host came from, per its state. A host the previous
+    release migrated (directory phase, no upstream_layout yet) came from 0.1.18: that
+    release knew no other layout."""
+    value = state.get("upstream_layout")
+    if isinstance(value, str):
+        return value
+    if "directory" in state.get("completed", []):
+        return LAYOUT_0118
+    return None
