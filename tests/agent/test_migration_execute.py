@@ -486,3 +486,29 @@ def test_cannot_create_the_state_dir_reports_without_raising(tmp_root, monkeypat
     report = migration.execute(tmp_root, LOG)
     assert not report.ok and "nothing was changed" in report.message
     assert tree(tmp_root.root) == before
+
+
+@pytest.mark.parametrize("err", ["EBUSY", "EROFS"])
+def test_legacy_dirs_that_are_sandbox_mount_points_stay_empty(tmp_root, monkeypatch, err):
+    """In redflag-agent-migrate.service's sandbox the legacy top directories are bind mounts
+    in a read-only parent: rmdir fails. The migration empties them and succeeds (the role
+    removes the empty directories); it must not roll back."""
+    import errno as errno_mod
+
+    from redflag_agent import safefs
+
+    make_legacy(tmp_root)
+    tops = {tmp_root.legacy_config_dir, tmp_root.legacy_state_dir}
+    real_rmdir = safefs.rmdir
+
+    def rmdir(path):
+        if path in tops:
+            raise OSError(getattr(errno_mod, err), os.strerror(getattr(errno_mod, err)))
+        return real_rmdir(path)
+
+    monkeypatch.setattr(safefs, "rmdir", rmdir)
+    report = migration.execute(tmp_root, LOG)
+    assert report.ok, report.message
+    for d in tops:
+        assert d.is_dir() and os.listdir(d) == []
+    assert read_json(tmp_root.config_file)["agent_id"] == AGENT_ID

@@ -176,14 +176,21 @@ def remove(paths: Paths, migrated: Optional[dict[str, Any]], log: logging.Logger
     return result
 
 
+# Inside redflag-agent-migrate.service's sandbox each legacy/upstream top directory is a
+# bind mount in a read-only parent: rmdir gives EBUSY or EROFS. It stays, empty, and the
+# role's next run removes it (redflag_agent_host's legacy_dirs).
+_STAYS = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY, errno.EROFS)
+
+
 def rmdir_if_empty(path: Path) -> bool:
-    """rmdir without following; False when missing, not empty or not a directory."""
+    """rmdir without following; False when missing, not empty, not a directory, or a mount
+    point the sandbox does not let go of."""
     try:
         if safefs.kind(path) != "dir":
             return False
         safefs.rmdir(path)
     except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+        if exc.errno in _STAYS:
             return False
         raise
     with contextlib.suppress(OSError, safefs.UnsafePath):

@@ -79,8 +79,9 @@ def _remove_legacy(ctx: Context) -> None:
     """fd walks: a symlink in the legacy trees is removed, never followed."""
     paths = ctx.paths
     if safefs.kind(paths.legacy_state_dir) == "dir":
-        safefs.remove(paths.legacy_state_dir)
-        safefs.fsync_parent(paths.legacy_state_dir)
+        for name in _names(paths.legacy_state_dir):
+            safefs.remove(paths.legacy_state_dir / name)
+        _rmdir_emptied(ctx, paths.legacy_state_dir)
     crash_point(paths, "directory", "removing", ctx.environ)
     if safefs.kind(paths.legacy_config_dir) == "dir":
         # the legacy config goes last: while it exists the identity is on disk twice
@@ -89,8 +90,13 @@ def _remove_legacy(ctx: Context) -> None:
             if p != paths.legacy_config_file:
                 safefs.remove(p)
         safefs.remove(paths.legacy_config_file)
-        safefs.rmdir(paths.legacy_config_dir)
-        safefs.fsync_parent(paths.legacy_config_dir)
+        _rmdir_emptied(ctx, paths.legacy_config_dir)
+
+
+def _rmdir_emptied(ctx: Context, directory: Path) -> None:
+    if not rmdir_if_empty(directory) and safefs.kind(directory) == "dir":
+        ctx.log.info("%s emptied; the directory itself stays (a mount point in the migration "
+                     "unit's sandbox); the role's next run removes it", directory)
 
 
 def _copy_moves(ctx: Context, moves: list[tuple[Path, Path]], phase: str

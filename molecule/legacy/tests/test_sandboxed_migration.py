@@ -44,11 +44,6 @@ def legacy_again(host):
                  f"systemctl reset-failed {rfcheck.MIGRATE_UNIT}; systemctl start {rfcheck.UNIT}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the agent to leave an emptied legacy directory it cannot rmdir inside the "
-           "sandbox (EROFS/EBUSY) instead of rolling back; remove this mark with that change",
-)
 def test_unit_migrates_a_legacy_host_inside_its_sandbox(host, legacy_again):
     host.run(f"systemctl reset-failed {rfcheck.MIGRATE_UNIT}")
     host.run(f"systemctl start {rfcheck.MIGRATE_UNIT}")
