@@ -132,7 +132,9 @@ def one_storm(mode: str, agents: int, extra: int, spread_s: float, seed: int) ->
     state = WORK / "storm" / mode
     state.mkdir(parents=True, exist_ok=True)
     (state / "devserver.db").unlink(missing_ok=True)
-    with DevServer(state) as server:
+    # pinned to the 0.1.18 answers this storm judges (400 for a used-up token, no binding,
+    # no rate limit); the stand-in's default generation is 0.2
+    with DevServer(state, ("--generation", "0.1.18")) as server:
         token = server.mint(agents)
         port = int(server.url.rsplit(":", 1)[1])
         delays = jitter_schedule(total, spread_s, seed)

@@ -10,9 +10,17 @@ import re
 import time
 from typing import Any, Callable, Optional
 
-from . import backoff
+from . import backoff, binding
 from . import config as cfgmod
-from .client import Client, ClientError, NotFound, ServerError, Unauthorized
+from .client import (
+    BindingRefused,
+    Client,
+    ClientError,
+    NotFound,
+    ServerError,
+    Unauthorized,
+    UpgradeRequired,
+)
 from .logs import clean
 from .paths import Paths
 from .registration import TokenRejected, metadata_for
@@ -211,7 +219,8 @@ class Agent:
                  migrated_from: Optional[str] = None, rand: Callable[[], float] = random.random,
                  backoff_base: float = backoff.DEFAULT_BASE,
                  backoff_cap: float = backoff.DEFAULT_CAP,
-                 lister: Optional[Callable[[], list[dict[str, Any]]]] = None) -> None:
+                 lister: Optional[Callable[[], list[dict[str, Any]]]] = None,
+                 adopt_machine_id: Optional[str] = None) -> None:
         self.paths = paths
         self.cfg = cfg
         self.client = client
@@ -225,30 +234,98 @@ class Agent:
         self.lister = lister
         self._cpu = _cpu_sample()
         self._rapid: Optional[RapidWindow] = None
+        # an identity with no machine ID recorded: record this host's once the server accepts
+        # a call with it (see binding.decide_identity)
+        self.adopt_machine_id = adopt_machine_id
 
     @property
     def agent_id(self) -> str:
         return str(self.cfg["agent_id"])
 
     # --- tokens --------------------------------------------------------------------------
+    def refusal(self, exc: ClientError) -> binding.Refused:
+        if isinstance(exc, BindingRefused):
+            return binding.binding_refusal(exc, self.agent_id,
+                                           getattr(self.client, "machine_id", None))
+        assert isinstance(exc, UpgradeRequired)  # noqa: S101 - the only other caller's type
+        return binding.upgrade_refusal(exc)
+
     def renew(self) -> str:
+        renewed_with = str(self.cfg["refresh_token"])
         try:
-            token = self.client.renew(self.agent_id, str(self.cfg["refresh_token"]))
+            renewed = self.client.renew(self.agent_id, renewed_with)
+        except (BindingRefused, UpgradeRequired) as exc:
+            raise self.refusal(exc) from None
         except (Unauthorized, NotFound) as exc:
-            raise TokenRejected(
-                f"the server rejected the refresh token of agent {self.agent_id} "
-                f"({getattr(exc, 'message', '') or exc}). Fix: re-enroll this host: run the "
-                "playbook with redflag_agent_force_reregister=true and a fresh "
-                "redflag_agent_registration_token (or `redflag-agent register`)") from None
-        with self.term.shielded(), cfgmod.config_lock(self.paths):
-            on_disk = cfgmod.read_config(self.paths.config_file)
-            # save only if the identity on disk is still ours
-            if on_disk is not None and on_disk.get("agent_id") == self.cfg.get("agent_id"):
-                on_disk["token"] = token
-                cfgmod.save_config(self.paths, on_disk)
-        self.cfg["token"] = token
-        self.log.info("access token renewed for agent %s", self.agent_id)
-        return token
+            raise TokenRejected(binding.renew_rejected_message(
+                self.agent_id, getattr(exc, "message", "") or str(exc))) from None
+        if not self.paths.is_production:
+            from .migration.faults import crash_point  # noqa: PLC0415 - test-only
+
+            # a kill -9 after the server rotated the refresh token, before it is saved
+            crash_point(self.paths, "renew", "answered")
+        self.cfg["token"] = renewed.token
+        if renewed.refresh_token is not None:
+            self.cfg["refresh_token"] = renewed.refresh_token
+        # saved before the new access token is used: a rotated refresh token lost here
+        # costs the identity at the next renewal (only one grace replay on the server)
+        self.save_tokens(renewed_with, renewed.refresh_token is not None)
+        self.log.info("access token renewed for agent %s%s", self.agent_id,
+                      " (refresh token rotated)" if renewed.refresh_token else "")
+        return renewed.token
+
+    def save_tokens(self, renewed_with: str, rotated: bool) -> None:
+        """Write the renewed tokens over the identity they belong to (never another)."""
+        try:
+            with self.term.shielded(), cfgmod.config_lock(self.paths):
+                on_disk = cfgmod.read_config(self.paths.config_file)
+                verdict = binding.token_save_decision(on_disk, self.agent_id, renewed_with,
+                                                      rotated)
+                if verdict == binding.SAVE:
+                    assert on_disk is not None  # noqa: S101 - SAVE says so
+                    on_disk["token"] = self.cfg["token"]
+                    if rotated:
+                        on_disk["refresh_token"] = self.cfg["refresh_token"]
+                    cfgmod.save_config(self.paths, on_disk)
+        except (OSError, cfgmod.ConfigError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            if rotated:
+                self.tokens_unsaved(renewed_with, reason)
+            else:
+                self.log.warning("cannot save the renewed access token to %s (%s); it is "
+                                 "renewed again when needed", self.paths.config_file, reason)
+            return
+        if verdict != binding.SAVE:
+            self.log.warning("%s now holds another identity than agent %s (changed by `config "
+                             "apply` or a re-enrollment); the renewed tokens stay in memory "
+                             "for this process only", self.paths.config_file, self.agent_id)
+
+    def tokens_unsaved(self, renewed_with: str, reason: str) -> None:
+        """A rotated refresh token could not be saved. The runner keeps it and retries."""
+        self.log.error("cannot save the rotated refresh token of agent %s to %s (%s); if the "
+                       "agent stops before it is saved, its next renewal relies on the "
+                       "server's one grace replay", self.agent_id, self.paths.config_file,
+                       reason)
+
+    def record_machine_id(self) -> None:
+        """After the server accepted a call with X-Machine-ID: record it with the identity."""
+        machine_id = self.adopt_machine_id
+        if not machine_id:
+            return
+        try:
+            kept = binding.record_machine_id(self.paths, self.agent_id, machine_id,
+                                             self.term.shielded)
+        except (OSError, cfgmod.ConfigError) as exc:
+            self.log.warning("cannot record machine ID %s with agent %s in %s (%s); retrying "
+                             "after the next check-in", binding.short(machine_id),
+                             self.agent_id, self.paths.config_file,
+                             getattr(exc, "strerror", None) or exc)
+            return
+        self.adopt_machine_id = None
+        if kept:
+            self.cfg["machine_id"] = machine_id
+            self.log.info("recorded machine ID %s with agent %s (the server accepted it)",
+                          binding.short(machine_id), self.agent_id)
 
     def authed(self, call: Callable[[str], Any]) -> Any:
         """Call with the JWT; on 401 renew once and retry."""
@@ -257,11 +334,15 @@ class Agent:
             return call(str(token))
         except Unauthorized:
             self.log.info("access token refused (401); renewing")
+        except (BindingRefused, UpgradeRequired) as exc:
+            raise self.refusal(exc) from None
         token = self.renew()
         try:
             return call(token)
         except Unauthorized as exc:
             raise ServerError(401, f"refused even after a fresh renewal: {exc.message}") from None
+        except (BindingRefused, UpgradeRequired) as exc:
+            raise self.refusal(exc) from None
 
     # --- one check-in ------------------------------------------------------------------
     def metrics_body(self) -> dict[str, Any]:
@@ -290,6 +371,7 @@ class Agent:
                           self._rapid[1] - time.monotonic())
         with self.term.shielded():
             self.status.update(last_checkin=utc_now(), last_error=None)
+        self.record_machine_id()
         commands, skipped = valid_commands(answer.get("commands"))
         for why in skipped:
             self.log.warning("skipped a malformed command in the check-in answer: %s", why)

@@ -186,7 +186,7 @@ def _lock_for_register(paths: Paths) -> Any:
 
 
 def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
-    from . import registration  # noqa: PLC0415
+    from . import binding, registration  # noqa: PLC0415
     from .client import ClientError  # noqa: PLC0415
     from .runner import make_client, migrated_from_metadata  # noqa: PLC0415
 
@@ -210,7 +210,7 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
             log.error("no registration token: give it with --token-file FILE, on stdin, or in "
                       "the environment variable %s (never on the command line)", TOKEN_ENV)
             return EX_CONFIG
-        client = make_client(cfg)
+        client = make_client(cfg, binding.host_machine_id(paths).value)
         new_cfg = registration.perform(client, paths, token, cfg, log,
                                        migrated_from=migrated_from_metadata(paths, log))
     except cfgmod.ConfigError as exc:
@@ -222,6 +222,9 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
     except registration.TokenRejected as exc:
         log.error("%s", exc)
         return EX_NOPERM
+    except binding.Refused as exc:  # 409 machine ID taken, 426 (exit 78), 403 (77)
+        log.error("%s", exc)
+        return exc.exit_code
     except registration.RegistrationStopped as exc:  # no room (75), unfinished attempt (78)
         log.error("%s", exc)
         return exc.exit_code
@@ -234,7 +237,7 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
 
 # --- unregister --------------------------------------------------------------------------
 def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
-    from . import registration  # noqa: PLC0415
+    from . import binding, registration  # noqa: PLC0415
     from .checkin import Agent  # noqa: PLC0415
     from .client import ClientError, NotFound, Unauthorized  # noqa: PLC0415
     from .runner import make_client  # noqa: PLC0415
@@ -253,7 +256,7 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
         return EX_CONFIG
     assert cfg is not None  # noqa: S101 - is_registered(None) is False
     try:
-        client = make_client(cfg)
+        client = make_client(cfg, binding.host_machine_id(paths).value)
     except ValueError as exc:
         log.error("%s: %s", paths.config_file, exc)
         return EX_CONFIG
@@ -269,6 +272,9 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
     except registration.TokenRejected as exc:
         log.error("%s", exc)
         return EX_NOPERM
+    except binding.Refused as exc:
+        log.error("unregister refused: %s", exc)
+        return exc.exit_code
     except Unauthorized as exc:
         log.error("unregister refused: %s", exc)
         return EX_NOPERM
@@ -374,6 +380,8 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
             if changed and not args.check:
                 writing = True
                 cfgmod.save_config(paths, new)
+        if reregister and changed and not args.check:
+            _forget_attempt(paths, log)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
@@ -397,6 +405,21 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
         print(f"{paths.config_file}: {verb}{'create' if current is None else 'change'} "
               f"({', '.join(result['changed_keys'])})\n{result['diff']}", end="")
     return EX_OK
+
+
+def _forget_attempt(paths: Paths, log: Any) -> None:
+    """After `reregister: true` was written: an earlier unfinished registration attempt is
+    the operator's to forget now (the next start enrolls with the given token)."""
+    from . import registration  # noqa: PLC0415
+
+    try:
+        if registration.clear_attempt(paths):
+            log.info("removed the record of an unfinished registration (%s): re-enrolling",
+                     registration.attempt_path(paths))
+    except OSError as exc:
+        # the config is written; only the record stays: the next start says what to do
+        log.warning("cannot remove %s: %s", registration.attempt_path(paths),
+                    exc.strerror or exc)
 
 
 def cmd_version(_paths: Paths, _args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 from urllib.parse import quote, urlsplit
 
 from .logs import clean
@@ -69,6 +69,60 @@ class NotFound(ClientError):
     def __init__(self, message: str = "") -> None:
         super().__init__(f"not found (404): {message or 'no reason given'}")
         self.message = message
+
+
+class BindingRefused(ClientError):
+    """403 from a server that binds agents to machines (CONTRACT 4b). `kind` is one of
+    MISSING_HEADER, NOT_BOUND, MISMATCH. Terminal: renewing cannot change the answer."""
+
+    def __init__(self, kind: str, message: str = "") -> None:
+        super().__init__(f"refused (403): {message or kind}")
+        self.kind = kind
+        self.message = message
+
+
+class UpgradeRequired(ClientError):
+    """426: the server requires a newer agent. Versions are the server's text, escaped."""
+
+    def __init__(self, message: str = "", current: str = "", minimum: str = "") -> None:
+        super().__init__(f"upgrade required (426): {message or 'no reason given'}")
+        self.message = message
+        self.current = current
+        self.minimum = minimum
+
+
+class MachineConflict(ClientError):
+    """409 on register: this machine ID is bound to another agent. Fields escaped, bounded."""
+
+    def __init__(self, message: str = "", existing_agent_id: str = "",
+                 existing_hostname: str = "", existing_last_seen: str = "",
+                 remediation: str = "") -> None:
+        super().__init__(f"conflict (409): {message or 'no reason given'}")
+        self.message = message
+        self.existing_agent_id = existing_agent_id
+        self.existing_hostname = existing_hostname
+        self.existing_last_seen = existing_last_seen
+        self.remediation = remediation
+
+
+MISSING_HEADER = "missing_header"
+NOT_BOUND = "not_bound"
+MISMATCH = "mismatch"
+# prefixes of the 403 texts (lowercase); upstream's renew words them slightly differently
+_BINDING_PREFIXES = (
+    ("missing machine id", MISSING_HEADER),
+    ("agent not bound", NOT_BOUND),
+    ("machine id mismatch", MISMATCH),
+)
+
+
+def binding_kind(text: str) -> Optional[str]:
+    """Pure: which machine-binding refusal a 403 error text is, or None for another 403."""
+    low = text.strip().lower()
+    for prefix, kind in _BINDING_PREFIXES:
+        if low.startswith(prefix):
+            return kind
+    return None
 
 
 class InvalidAnswer(ServerError):
@@ -186,28 +240,46 @@ def registration_answer(resp: Any) -> dict[str, Any]:
     return out
 
 
-def renewal_answer(resp: Any) -> str:
-    """Pure: the access token of a 200 renew answer, or InvalidAnswer."""
+class Renewal(NamedTuple):
+    token: str
+    refresh_token: Optional[str]  # only from a rotating (0.2.x) server
+
+
+def renewal_answer(resp: Any) -> Renewal:
+    """Pure: the tokens of a 200 renew answer, or InvalidAnswer."""
     if not isinstance(resp, dict):
         raise InvalidAnswer(200, "renewal answer is not a JSON object")
     problem = token_problem(resp.get("token"), "token")
-    if problem is None and "refresh_token" in resp:  # 0.2.x rotates it
+    rotated = "refresh_token" in resp  # 0.2.x rotates it
+    if problem is None and rotated:
         problem = token_problem(resp.get("refresh_token"), "refresh_token")
     if problem:
         raise InvalidAnswer(200, f"renewal answer: {problem}; nothing was stored")
-    return str(resp["token"])
+    return Renewal(str(resp["token"]), str(resp["refresh_token"]) if rotated else None)
 
 
-def _error_text(body: bytes) -> str:
-    """The server's `error` text, escaped and bounded for the log lines it reaches."""
+def _error_obj(body: bytes) -> tuple[str, dict[str, Any]]:
+    """The server's `error` text, escaped and bounded for the log lines it reaches, and the
+    answer's other fields (raw: callers take them through _field)."""
     try:
         obj = parse_answer(body, 0)
     except InvalidAnswer:
         return clean(body[:ERROR_TEXT_LIMIT].decode("utf-8", "replace").strip(),
-                     ERROR_TEXT_LIMIT)
-    if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-        return clean(obj["error"], ERROR_TEXT_LIMIT)
-    return ""
+                     ERROR_TEXT_LIMIT), {}
+    if not isinstance(obj, dict):
+        return "", {}
+    text = clean(obj["error"], ERROR_TEXT_LIMIT) if isinstance(obj.get("error"), str) else ""
+    return text, obj
+
+
+def _error_text(body: bytes) -> str:
+    return _error_obj(body)[0]
+
+
+def _field(obj: dict[str, Any], key: str, limit: int = 100) -> str:
+    """A string field of an error answer, escaped and bounded ('' when absent or no string)."""
+    value = obj.get(key)
+    return clean(value, limit) if isinstance(value, str) else ""
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
@@ -337,7 +409,8 @@ def _declared_length(headers: Any) -> Optional[int]:
 class Client:
     def __init__(self, server_url: str, timeout: float = 30.0,
                  proxy: Optional[dict[str, Any]] = None,
-                 tls: Optional[dict[str, Any]] = None) -> None:
+                 tls: Optional[dict[str, Any]] = None,
+                 machine_id: Optional[str] = None) -> None:
         parts = urlsplit(server_url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"server_url {server_url!r} is not an http(s) URL "
@@ -346,6 +419,8 @@ class Client:
             raise ValueError(f"network.timeout {timeout!r} is not a positive number of seconds")
         self.base = server_url.strip().rstrip("/")
         self.timeout = float(timeout)
+        # sent as X-Machine-ID on every request (CONTRACT 4b); servers before 0.1.22 ignore it
+        self.machine_id = machine_id
         self._deadline: Optional[_Deadline] = None
         handlers: list[Any] = [_NoRedirect(), self._proxy_handler(proxy),
                                _HTTPHandler(self._current_deadline)]
@@ -386,6 +461,8 @@ class Client:
             req.add_header("Content-Type", "application/json")
         if bearer:
             req.add_header("Authorization", f"Bearer {bearer}")
+        if self.machine_id:
+            req.add_header("X-Machine-ID", self.machine_id)
         deadline = self._deadline = _Deadline(self.timeout)
         try:
             status, raw, retry_after, failed = self._exchange(req)
@@ -430,9 +507,19 @@ class Client:
 
     @staticmethod
     def _raise_for(status: int, raw: bytes, retry_after: Optional[str]) -> None:
-        text = _error_text(raw)
+        text, obj = _error_obj(raw)
         if status == 429:
             raise RateLimited(_retry_after(retry_after), text)
+        if status == 403 and binding_kind(text) is not None:
+            raise BindingRefused(str(binding_kind(text)), text)
+        if status == 426:
+            raise UpgradeRequired(text, _field(obj, "current_version", 40),
+                                  _field(obj, "minimum_version", 40))
+        if status == 409 and obj.get("existing_agent_id") is not None:
+            raise MachineConflict(text, _field(obj, "existing_agent_id", 64),
+                                  _field(obj, "existing_hostname"),
+                                  _field(obj, "existing_last_seen", 64),
+                                  _field(obj, "remediation", ERROR_TEXT_LIMIT))
         if status in (401, 403):
             raise Unauthorized(text)
         if status == 404:
@@ -446,10 +533,11 @@ class Client:
         return registration_answer(
             self._request("POST", "/api/v1/agents/register", registration_token, body))
 
-    def renew(self, agent_id: str, refresh_token: str) -> str:
+    def renew(self, agent_id: str, refresh_token: str) -> Renewal:
         return renewal_answer(self._request("POST", "/api/v1/agents/renew", None,
                                             {"agent_id": agent_id,
-                                             "refresh_token": refresh_token}))
+                                             "refresh_token": refresh_token,
+                                             "agent_version": AGENT_VERSION}))
 
     def check_in(self, agent_id: str, jwt: str, metrics: dict[str, Any]) -> dict[str, Any]:
         resp = self._request("GET", f"/api/v1/agents/{quote(agent_id, safe='')}/commands",

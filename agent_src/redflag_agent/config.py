@@ -24,8 +24,11 @@ from .version import AGENT_VERSION, CONFIG_SCHEMA_VERSION
 CURRENT_SCHEMA = int(CONFIG_SCHEMA_VERSION)
 SECRET_KEYS = ("registration_token", "token", "refresh_token", "proxy.password")
 IDENTITY_KEYS = ("agent_id", "token", "refresh_token")
-# keys `config apply` may not set through "settings": they belong to the agent
-AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registration_token")
+# keys `config apply` may not set through "settings": they belong to the agent. machine_id:
+# the machine the identity was registered on (binding.py); not an identity key, so a file's
+# own `machine_id` survives merges and re-enrollment until a registration records this host's
+AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registration_token",
+                    "machine_id")
 REDACTED = "********"
 DEFAULT_CHECK_IN_INTERVAL = 300
 

@@ -91,6 +91,7 @@ def host_facts() -> dict[str, str]:
 
     uname = os.uname()
     os_version = uname.release
+    fields: dict[str, str] = {}
     try:
         with open("/etc/os-release", encoding="utf-8") as fh:
             fields = dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line)
@@ -99,12 +100,23 @@ def host_facts() -> dict[str, str]:
             os_version = pretty
     except OSError:
         pass
-    return {
+    facts = {
         "hostname": socket.gethostname() or uname.nodename,
         "os_type": uname.sysname.lower() or "linux",
         "os_version": os_version,
         "os_architecture": uname.machine,
     }
+    distro = fields.get("ID", "").strip('"') if fields else ""
+    if distro:
+        facts["os_distro"] = distro
+    return facts
+
+
+def available_scanners() -> list[str]:
+    """The package managers this agent can scan (scan.py): 0.1.22+ servers list them."""
+    import shutil  # noqa: PLC0415
+
+    return [name for name, tool in (("apt", "apt"), ("dnf", "dnf")) if shutil.which(tool)]
 
 
 def metadata_for(cfg: dict[str, Any], migrated_from: Optional[str]) -> dict[str, str]:
@@ -122,19 +134,29 @@ def metadata_for(cfg: dict[str, Any], migrated_from: Optional[str]) -> dict[str,
 
 
 def registration_body(cfg: dict[str, Any], facts: dict[str, str],
-                      migrated_from: Optional[str]) -> dict[str, Any]:
+                      migrated_from: Optional[str], machine_id: Optional[str] = None,
+                      scanners: Optional[list[str]] = None) -> dict[str, Any]:
     body: dict[str, Any] = dict(facts)
     body["agent_version"] = AGENT_VERSION
     body["metadata"] = metadata_for(cfg, migrated_from)
+    if machine_id:
+        # 0.1.22+ bind the agent to it (CONTRACT 4b); older servers ignore the fields
+        body["machine_id"] = machine_id
+    if scanners is not None:
+        body["available_scanners"] = scanners
     return body
 
 
-def apply_registration(cfg: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    """Pure: the config after a successful registration."""
+def apply_registration(cfg: dict[str, Any], answer: dict[str, Any],
+                       machine_id: Optional[str] = None) -> dict[str, Any]:
+    """Pure: the config after a successful registration; the machine ID it was registered
+    with is recorded next to agent_id (a clone of this config then knows it is one)."""
     out = copy.deepcopy(cfg)
     out["agent_id"] = answer["agent_id"]
     out["token"] = answer["token"]
     out["refresh_token"] = answer["refresh_token"]
+    if machine_id:
+        out["machine_id"] = machine_id
     out.pop("registration_token", None)
     server_cfg = answer.get("config")
     interval = server_cfg.get("check_in_interval") if isinstance(server_cfg, dict) else None
@@ -235,11 +257,17 @@ def write_attempt(paths: Paths, record: dict[str, Any]) -> None:
 
 
 def clear_attempt(paths: Paths) -> bool:
-    """Remove the marker (durably). True when there was one."""
+    """Remove the marker (durably). True when there was one. Through safefs: `config apply`
+    calls this as root, and a symlinked state dir must not lead it elsewhere (OSError)."""
+    from . import safefs  # noqa: PLC0415
+
     try:
-        os.unlink(attempt_path(paths))
+        if not safefs.remove(attempt_path(paths)):
+            return False
     except FileNotFoundError:
         return False
+    except safefs.UnsafePath as exc:
+        raise OSError(str(exc)) from exc
     fsync_dir(paths.state_dir)
     return True
 
@@ -340,6 +368,8 @@ def with_identity(base: dict[str, Any], source: dict[str, Any]) -> dict[str, Any
             out[key] = source[key]
         else:
             out.pop(key, None)
+    if source.get("machine_id"):  # the machine it was registered on
+        out["machine_id"] = source["machine_id"]
     out.pop("registration_token", None)
     return out
 
@@ -358,12 +388,27 @@ def _save(paths: Paths, fallback: dict[str, Any],
     return new
 
 
+class IdentityChanged(Exception):
+    """config.json holds another identity than the one an unsaved identity replaces."""
+
+
 def save_identity(paths: Paths, cfg: dict[str, Any], shield: Callable[[], Any]
-                  = contextlib.nullcontext) -> dict[str, Any]:
+                  = contextlib.nullcontext,
+                  replaces: Optional[tuple[str, str]] = None) -> dict[str, Any]:
     """Write cfg's identity into the config on disk, then drop the attempt marker.
 
-    Raises OSError or ConfigError when the config cannot be written."""
-    return _save(paths, cfg, lambda base: with_identity(base, cfg), shield)
+    `replaces` (agent_id, refresh_token): write only over that identity (or cfg's own), as
+    for rotated tokens; otherwise IdentityChanged and nothing is written. Raises OSError or
+    ConfigError when the config cannot be written."""
+    def build(base: dict[str, Any]) -> dict[str, Any]:
+        if replaces is not None:
+            found = (base.get("agent_id"), base.get("refresh_token"))
+            if found not in (replaces, (cfg.get("agent_id"), cfg.get("refresh_token"))):
+                raise IdentityChanged(f"{paths.config_file} now holds another identity "
+                                      f"(agent {base.get('agent_id')})")
+        return with_identity(base, cfg)
+
+    return _save(paths, {} if replaces is not None else cfg, build, shield)
 
 
 def _note_agent_id(paths: Paths, record: dict[str, Any], agent_id: str,
@@ -396,7 +441,14 @@ def perform(client: Client, paths: Paths, token: str, cfg: dict[str, Any],
     Raises TokenRejected; the client's retryable errors (nothing registered); CannotSave
     (nothing sent); AttemptPending (an earlier or this attempt may have registered: stop);
     IdentityUnsaved (registered, kept in memory: the caller decides)."""
-    from .client import BadRequest, Unauthorized  # noqa: PLC0415
+    from . import binding  # noqa: PLC0415
+    from .client import (  # noqa: PLC0415
+        BadRequest,
+        BindingRefused,
+        MachineConflict,
+        Unauthorized,
+        UpgradeRequired,
+    )
     from .migration.faults import crash_point  # noqa: PLC0415
 
     attempt = read_attempt(paths)
@@ -410,7 +462,8 @@ def perform(client: Client, paths: Paths, token: str, cfg: dict[str, Any],
                     (attempt or {}).get("started"))
         _clear_after_refusal(paths, log, shield)
     facts = host_facts()
-    body = registration_body(cfg, facts, migrated_from)
+    machine_id = getattr(client, "machine_id", None)
+    body = registration_body(cfg, facts, migrated_from, machine_id, available_scanners())
     try:
         probe_room(paths.config_dir, len(cfgmod.serialize(cfg)) + PROBE_MARGIN)
     except OSError as exc:
@@ -437,13 +490,21 @@ def perform(client: Client, paths: Paths, token: str, cfg: dict[str, Any],
         _clear_after_refusal(paths, log, shield)
         if isinstance(exc, (Unauthorized, BadRequest)) and is_token_rejection(exc):
             raise TokenRejected(rejection_message(exc)) from None
+        # answers no retry changes: stop, one request per start
+        if isinstance(exc, MachineConflict):
+            raise binding.conflict_refusal(exc, machine_id) from None
+        if isinstance(exc, UpgradeRequired):
+            raise binding.upgrade_refusal(exc) from None
+        if isinstance(exc, BindingRefused):
+            raise binding.binding_refusal(exc, None, machine_id) from None
         raise
     # test-only (inert on a production root): a kill -9 right after the server's answer
     crash_point(paths, "register", "answered")
     try:
-        new = _save(paths, cfg, lambda base: apply_registration(base, answer), shield)
+        new = _save(paths, cfg, lambda base: apply_registration(base, answer, machine_id),
+                    shield)
     except (OSError, cfgmod.ConfigError) as exc:
-        unsaved = apply_registration(cfg, answer)
+        unsaved = apply_registration(cfg, answer, machine_id)
         _note_agent_id(paths, record, str(unsaved["agent_id"]), log)
         raise IdentityUnsaved(unsaved, paths, exc) from None
     log.info("registered with %s as agent %s", client.base, new["agent_id"])

@@ -13,7 +13,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import backoff, logs, registration
+from . import backoff, binding, logs, registration
 from . import config as cfgmod
 from .exits import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .lock import InstanceLock, LockHeld
@@ -46,14 +46,19 @@ def backoff_settings(paths: Paths, environ: Optional[dict[str, str]] = None) -> 
     return base, cap
 
 
-def make_client(cfg: dict[str, Any]) -> Client:
+def make_client(cfg: dict[str, Any], machine_id: Optional[str] = None) -> Client:
     from .client import Client  # noqa: PLC0415 - see the note on imports above
 
     network = cfg.get("network") if isinstance(cfg.get("network"), dict) else {}
     timeout = cfgmod.duration_seconds(network.get("timeout") or 30)  # type: ignore[union-attr]
     return Client(str(cfg["server_url"]), timeout=timeout,
                   proxy=cfg.get("proxy") if isinstance(cfg.get("proxy"), dict) else None,
-                  tls=cfg.get("tls") if isinstance(cfg.get("tls"), dict) else None)
+                  tls=cfg.get("tls") if isinstance(cfg.get("tls"), dict) else None,
+                  machine_id=machine_id)
+
+
+class LockRefused(Exception):
+    """The state dir is not a real directory (InstanceLock.refused): never run unlocked."""
 
 
 def migrated_from_metadata(paths: Paths, log: logging.Logger) -> Optional[str]:
@@ -82,16 +87,25 @@ class Runner:
         self.unsaved_since = ""
         self.unsaved_attempt = 0
         self.unsaved_next = 0.0
+        # "registration", or "rotation": then only written over `unsaved_replaces`
+        # (agent_id, refresh token renewed with), never over another identity
+        self.unsaved_kind = "registration"
+        self.unsaved_replaces: Optional[tuple[str, str]] = None
+
+    def _acquire(self) -> None:
+        self.lock.acquire()
+        if self.lock.refused:
+            raise LockRefused(self.lock.refused)
 
     def _ensure_state_dir_locked(self) -> None:
         """Create the state dir only once there is real work, then lock it."""
         if self.lock.held:
             return
-        if not self.paths.state_dir.is_dir():
+        if not os.path.lexists(self.paths.state_dir):
             with self.term.shielded():
                 self.paths.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
                 chown_to_agent(self.paths.state_dir)
-        self.lock.acquire()
+        self._acquire()  # a planted object there: LockRefused
 
     def _drop_stale_attempt(self) -> None:
         """The identity is saved: a marker left beside it only lost its removal."""
@@ -121,7 +135,12 @@ class Runner:
             return
         cfg = self.unsaved
         self.retry_identity_save(cfg, force=True)  # one last try: the space may be back
-        if self.unsaved is not None:
+        if self.unsaved is not None and self.unsaved_kind == "rotation":
+            self.reg_log.error(
+                "stopping with the rotated refresh token of agent %s unsaved: the next start "
+                "renews with the previous one, which the server accepts once (grace replay); "
+                "free space on %s before that", cfg["agent_id"], self.paths.config_dir)
+        elif self.unsaved is not None:
             self.reg_log.error(
                 "stopping with the identity of agent %s still unsaved: it is lost. The next "
                 "start stops (exit 78) instead of registering again; delete agent %s on the "
@@ -134,6 +153,11 @@ class Runner:
         except LockHeld as exc:
             self.log.error("%s", exc)
             return EX_TEMPFAIL
+        except LockRefused as exc:
+            self.log.error("not starting: the instance lock cannot be taken: %s. Fix: remove "
+                           "it and re-run the playbook (it creates %s as a directory owned by "
+                           "redflag-agent)", exc, self.paths.state_dir)
+            return EX_CONFIG
         except Terminated as exc:
             self.log.info("stopping on %s", exc)
             self._stop_with_unsaved_identity()
@@ -144,7 +168,7 @@ class Runner:
 
     def _run(self) -> int:
         if self.paths.state_dir.is_dir():
-            self.lock.acquire()
+            self._acquire()
         from . import migration  # noqa: PLC0415 - keeps `version`/`status` start-up light
 
         try:
@@ -197,8 +221,9 @@ class Runner:
         if decision.action == registration.CANNOT_REGISTER:
             self.log.error("%s", registration.missing_token_message(self.paths))
             return EX_CONFIG
+        host = binding.host_machine_id(self.paths)
         try:
-            client = make_client(cfg)
+            client = make_client(cfg, host.value)
         except (ValueError, OSError) as exc:
             self.log.error("%s: %s", self.paths.config_file, exc)
             return EX_CONFIG
@@ -207,8 +232,27 @@ class Runner:
         with self.term.shielded():
             # an identity a previous process held in memory died with it
             self.status.update(identity_unsaved=None)
+        adopt: Optional[str] = None
         if decision.action == registration.REGISTERED:
-            self._drop_stale_attempt()
+            verdict = binding.decide_identity(cfg.get("machine_id"), host.value,
+                                              bool(cfg.get("registration_token")))
+            if verdict.action == binding.CLONE_STOP:
+                message = binding.clone_message(cfg, host, self.paths)
+                self.log.error("%s", message)
+                with self.term.shielded():
+                    self._record_exit("exit 78: identity of another machine", message)
+                return EX_CONFIG
+            if verdict.action == binding.CLONE_ENROLL:
+                stripped = self._set_aside(cfg, host)
+                if isinstance(stripped, int):
+                    return stripped
+                cfg = stripped
+                decision = registration.Decision(registration.REGISTER, verdict.reason)
+            else:
+                self._drop_stale_attempt()
+                if verdict.action == binding.ADOPT:
+                    adopt = host.value
+                    self.log.info("%s", verdict.reason)
         migrated_from = migrated_from_metadata(self.paths, self.log)
 
         try:
@@ -217,7 +261,8 @@ class Runner:
             agent = agent_class(self)(
                 self.paths, cfg, client, logs.get("checkin"), terminator=self.term,
                 status=self.status, migrated_from=migrated_from, rand=self.rand,
-                backoff_base=self.backoff_base, backoff_cap=self.backoff_cap)
+                backoff_base=self.backoff_base, backoff_cap=self.backoff_cap,
+                adopt_machine_id=adopt)
             self.log.info("agent %s checking in with %s every %s s", agent.agent_id,
                           client.base, cfg.get("check_in_interval")
                           or cfgmod.DEFAULT_CHECK_IN_INTERVAL)
@@ -232,10 +277,45 @@ class Runner:
             with self.term.shielded():
                 self._record_exit("exit 78: unfinished registration attempt", str(exc))
             return EX_CONFIG
+        except binding.Refused as exc:
+            self.log.error("%s", exc)
+            with self.term.shielded():
+                self._record_exit(f"exit {exc.exit_code}: refused by the server", str(exc))
+            return exc.exit_code
         except cfgmod.ConfigError as exc:
             self.log.error("cannot use the config: %s", exc)
             return EX_CONFIG
         return EX_OK  # pragma: no cover - loop() only leaves by exception
+
+    def _set_aside(self, cfg: dict[str, Any], host: Any) -> Any:
+        """A copied identity and a token: keep the identity in a backup, drop it from the
+        config, return the config to enroll with (or an exit code)."""
+        reason = (f"registered on another machine (recorded machine ID "
+                  f"{cfg.get('machine_id')}); this host ({host.value}) enrolls as a new agent")
+        attempt = 0
+        while True:
+            try:
+                backup = binding.set_aside(self.paths, cfg, host, reason, self.term.shielded)
+                break
+            except cfgmod.ConfigError as exc:
+                self.log.error("cannot set the copied identity aside: %s", exc)
+                return EX_CONFIG
+            except OSError as exc:
+                delay = backoff.retry_delay(attempt, self.rand(), self.backoff_base,
+                                            self.backoff_cap)
+                attempt += 1
+                self.log.error("cannot set the copied identity of agent %s aside (%s); nothing "
+                               "was changed; retry %d in %.1f s", cfg.get("agent_id"),
+                               exc.strerror or exc, attempt, delay)
+                self.term.sleep(delay)
+        if backup is None:
+            self.log.error("%s changed while the agent started (another identity is there "
+                           "now); starting again", self.paths.config_file)
+            return EX_TEMPFAIL
+        self.log.warning("the identity of agent %s was registered on another machine (this "
+                         "host is a clone): set aside in %s; enrolling this host as a new "
+                         "agent with the registration token", cfg.get("agent_id"), backup)
+        return binding.without_identity(cfg)
 
     def _register_until_done(self, client: Client, cfg: dict[str, Any],
                              migrated_from: Optional[str]) -> dict[str, Any]:
@@ -267,14 +347,22 @@ class Runner:
 
     # --- an accepted registration whose identity is not on disk yet ------------------------
     def _identity_unsaved(self, exc: registration.IdentityUnsaved) -> None:
-        self.unsaved = exc.cfg
-        self.unsaved_since = utc_now()
-        self.unsaved_attempt = 0
-        self._schedule_save_retry()
+        self.keep_unsaved(exc.cfg, exc.reason)
         self.reg_log.error("%s; checking in with the identity in memory and retrying the save "
                            "before check-ins, backing off up to %.0f s between tries", exc,
                            self.backoff_cap)
-        self._record_unsaved(exc.reason)
+
+    def keep_unsaved(self, cfg: dict[str, Any], reason: str, kind: str = "registration",
+                     replaces: Optional[tuple[str, str]] = None) -> None:
+        """Hold an identity the server gave us in memory and retry its save (both after a
+        registration and after a rotated refresh token: one mechanism)."""
+        self.unsaved = cfg
+        self.unsaved_kind = kind
+        self.unsaved_replaces = replaces
+        self.unsaved_since = utc_now()
+        self.unsaved_attempt = 0
+        self._schedule_save_retry()
+        self._record_unsaved(reason)
 
     def _schedule_save_retry(self) -> None:
         delay = backoff.retry_delay(self.unsaved_attempt, self.rand(), self.backoff_base,
@@ -290,15 +378,22 @@ class Runner:
         with self._shield():
             self.status.update(
                 identity_unsaved={"agent_id": self.unsaved["agent_id"],
-                                  "since": self.unsaved_since, "error": reason},
-                last_error=f"{utc_now()} registration: {error}")
+                                  "since": self.unsaved_since, "error": reason,
+                                  "kind": self.unsaved_kind},
+                last_error=f"{utc_now()} {self.unsaved_kind}: {error}")
 
     def retry_identity_save(self, cfg: dict[str, Any], force: bool = False) -> None:
         """Called before each check-in (and at stop) while the identity is only in memory."""
         if self.unsaved is None or (not force and time.monotonic() < self.unsaved_next):
             return
         try:
-            registration.save_identity(self.paths, cfg, self._shield)
+            registration.save_identity(self.paths, cfg, self._shield, self.unsaved_replaces)
+        except registration.IdentityChanged as exc:
+            self.reg_log.warning("not saving the tokens of agent %s: %s (changed by `config "
+                                 "apply` or a re-enrollment); they stay in memory for this "
+                                 "process only", cfg["agent_id"], exc)
+            self._saved()
+            return
         except (OSError, cfgmod.ConfigError) as exc:
             self._schedule_save_retry()
             reason = getattr(exc, "strerror", None) or str(exc)
@@ -308,9 +403,13 @@ class Runner:
                                  max(0.0, self.unsaved_next - time.monotonic()))
             self._record_unsaved(reason)
             return
-        self.reg_log.info("identity of agent %s saved to %s (registered at %s)",
+        self.reg_log.info("identity of agent %s saved to %s (kept in memory since %s)",
                           cfg["agent_id"], self.paths.config_file, self.unsaved_since)
+        self._saved()
+
+    def _saved(self) -> None:
         self.unsaved = None
+        self.unsaved_replaces = None
         if self.status is not None:
             with self._shield():
                 self.status.update(identity_unsaved=None, last_error=None)
@@ -328,5 +427,16 @@ def agent_class(runner: Runner) -> type[Agent]:
         def check_in_once(self) -> list[dict[str, Any]]:
             runner.retry_identity_save(self.cfg)
             return super().check_in_once()
+
+        def save_tokens(self, renewed_with: str, rotated: bool) -> None:
+            if runner.unsaved is self.cfg:
+                # the identity held in memory holds the new tokens too: save it all now
+                runner.retry_identity_save(self.cfg, force=True)
+                return
+            super().save_tokens(renewed_with, rotated)
+
+        def tokens_unsaved(self, renewed_with: str, reason: str) -> None:
+            super().tokens_unsaved(renewed_with, reason)
+            runner.keep_unsaved(self.cfg, reason, "rotation", (self.agent_id, renewed_with))
 
     return SavingAgent

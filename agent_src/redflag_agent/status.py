@@ -22,6 +22,10 @@ REPORT_KEYS = (
     "last_exit_reason", "identity_unsaved", "registration_attempt",
     "upstream_layout",
 )
+# the machine binding (CONTRACT 4b): this host's machine ID and the identity's
+MACHINE_KEYS = ("machine_id", "machine_id_source", "identity_machine_id",
+                "identity_on_this_machine")
+REPORT_KEYS += MACHINE_KEYS
 
 
 def utc_now() -> str:
@@ -160,7 +164,28 @@ def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
     if not out["registered"]:
         # beside a saved identity a marker is stale (the next start removes it)
         out["registration_attempt"] = _registration_attempt(paths)
+    holder = {"current": cfg, "legacy": legacy}.get(choice.source or "") or {}
+    recorded = holder.get("machine_id") if out["registered"] else None
+    out.update(_machine(paths, out["registered"], recorded, log))
     return out
+
+
+def _machine(paths: Paths, registered: bool, recorded: Any, log: logging.Logger
+             ) -> dict[str, Any]:
+    try:
+        from . import binding  # noqa: PLC0415
+        from .machine_id import is_valid_machine_id, read_machine_id  # noqa: PLC0415
+
+        host = read_machine_id(paths)
+    except Exception as exc:  # status must always answer
+        log.warning("cannot compute the machine ID: %s", exc)
+        return dict.fromkeys(MACHINE_KEYS)
+    return {
+        "machine_id": host.value,
+        "machine_id_source": host.source,
+        "identity_machine_id": recorded if is_valid_machine_id(recorded) else None,
+        "identity_on_this_machine": binding.on_this_machine(registered, recorded, host.value),
+    }
 
 
 def human(rep: dict[str, Any]) -> str:
@@ -189,7 +214,12 @@ def human(rep: dict[str, Any]) -> str:
         f"last check-in:   {rep['last_checkin']}",
         f"last error:      {rep['last_error']}",
         f"last exit:       {rep['last_exit_reason']}",
+        f"machine ID:      {rep.get('machine_id')} ({rep.get('machine_id_source')})",
     ]
+    if rep.get("identity_on_this_machine") is False:
+        lines.append(f"IDENTITY OF ANOTHER MACHINE: registered with machine ID "
+                     f"{rep.get('identity_machine_id')}; the agent does not check in with it "
+                     "(give this host a registration token to enroll it as a new agent)")
     unsaved = rep.get("identity_unsaved")
     if isinstance(unsaved, dict):
         lines.append(f"IDENTITY UNSAVED: agent {unsaved.get('agent_id')} registered "

@@ -339,10 +339,10 @@ def loggable_path(path: str) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in path)
 
 
-# Server generations (CONTRACT 4 and 4b). The lead flips DEFAULT_GENERATION to "0.2" once the
-# agent sends machine IDs; everything else follows from it.
+# Server generations (CONTRACT 4 and 4b). The default behaves as a current server (binding and
+# rotation); --generation 0.1.18 keeps the old answers tested.
 GENERATIONS = ("0.1.18", "0.1.23", "0.2")
-DEFAULT_GENERATION = "0.1.18"
+DEFAULT_GENERATION = "0.2"
 DEFAULT_MIN_AGENT_VERSION = "0.1.22"
 # Upstream's registration limit from 0.1.22 on: 5 requests per minute per client address.
 BINDING_RATE_LIMIT = (5, 60)

@@ -55,7 +55,9 @@ def test_401_renews_once_saves_token_and_retries(tmp_root, fake_server):
     checkins = fake_server.seen("GET", CMDS)
     assert [r.headers["Authorization"] for r in checkins] == ["Bearer OLD-JWT", "Bearer NEW-JWT"]
     renew = fake_server.seen("POST", RENEW)[0]
-    assert renew.body == {"agent_id": AID, "refresh_token": "REFRESH-1"}
+    # CONTRACT 4b: renew reports the agent's version (the server's 426 floor reads it)
+    assert renew.body == {"agent_id": AID, "refresh_token": "REFRESH-1",
+                          "agent_version": "0.2.0"}
     on_disk = c.read_config(tmp_root.config_file)
     assert on_disk["token"] == "NEW-JWT" and on_disk["machine_id"] == "m"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from redflag_agent.machine_id import read_machine_id
 from redflag_agent.paths import Paths
 from redflag_agent.status import REPORT_KEYS
 
@@ -132,7 +133,8 @@ def test_run_registers_through_outages_then_checks_in(tmp_root, agent_env, fake_
                    REGISTERED_OK)
     fake_server.on("GET", CMDS, (200, {"commands": []}))
     write_config(tmp_root, {"version": "6", "server_url": fake_server.url,
-                            "registration_token": "REGTOKEN-XYZ", "machine_id": "keep"})
+                            "registration_token": "REGTOKEN-XYZ", "machine_id": "keep",
+                            "unknown_key": "keep"})
     proc = start(tmp_root, agent_env, "run")
     checkin = fake_server.wait_for("GET", CMDS)[0]
     assert checkin.headers["Authorization"] == "Bearer JWT-SECRET"
@@ -141,7 +143,12 @@ def test_run_registers_through_outages_then_checks_in(tmp_root, agent_env, fake_
     assert code == 0
     cfg = json.loads(tmp_root.config_file.read_text())
     assert cfg["agent_id"] == AID and "registration_token" not in cfg
-    assert cfg["machine_id"] == "keep" and cfg["check_in_interval"] == 60
+    # the machine ID the agent registered with replaces a file's own machine_id (CONTRACT 4b)
+    host = read_machine_id(tmp_root).value
+    assert fake_server.seen("POST", REG)[-1].body["machine_id"] == host
+    assert {k.lower(): v for k, v in checkin.headers.items()}["x-machine-id"] == host
+    assert cfg["machine_id"] == host and cfg["unknown_key"] == "keep"
+    assert cfg["check_in_interval"] == 60
     assert os.stat(tmp_root.config_file).st_mode & 0o777 == 0o600
     assert err.count("registration failed") == 2
     assert "rate limited (429)" in err and "server error 500" in err and "retry 2 in" in err

@@ -144,13 +144,18 @@ def test_registration_answer_keeps_only_a_sane_server_interval(interval, kept):
     ({"token": "new-jwt", "refresh_token": "new-refresh"}, True),
     ({"token": "new jwt"}, False),
     ({"token": "new-jwt", "refresh_token": "bad\nrefresh"}, False),
+    ({"token": "new-jwt", "refresh_token": None}, False),
+    ({"token": "new-jwt", "refresh_token": ""}, False),
     ({"token": "x" * 9000}, False),
     ({}, False),
     ("new-jwt", False),
 ])
 def test_renewal_answer(answer, ok):
     if ok:
-        assert renewal_answer(answer) == "new-jwt"
+        renewal = renewal_answer(answer)
+        assert renewal.token == "new-jwt"
+        # a rotating (0.2.x) server's new refresh token is handed on; an older one's is None
+        assert renewal.refresh_token == answer.get("refresh_token")
     else:
         with pytest.raises(InvalidAnswer):
             renewal_answer(answer)

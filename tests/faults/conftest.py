@@ -124,6 +124,10 @@ class DevServer:
         port_file = self.workdir / "port"
         port_file.unlink(missing_ok=True)
         listen = f"127.0.0.1:{self.port or 0}"
+        if "--rate-limit" not in extra:
+            # the default generation (0.2) allows 5 registrations a minute from one address;
+            # these tests register many agents from 127.0.0.1
+            extra = ("--rate-limit", "off", *extra)
         log = open(self.log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
             self._cmd("serve", "--listen", listen, "--db", str(self.db), "--port-file",
