@@ -98,7 +98,10 @@ def start(state_dir: Path) -> dict:
         url = f"http://127.0.0.1:{port}"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                _devserver_cmd("serve", "--listen", f"127.0.0.1:{port}", "--db", str(db)),
+                # every test container registers from 127.0.0.1: upstream's 5/min per address
+                # would throttle a fleet converge; binding and rotation stay on (0.2)
+                _devserver_cmd("serve", "--listen", f"127.0.0.1:{port}", "--db", str(db),
+                               "--rate-limit", "off"),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
