@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from .hosts import (
     AGENT_SRC,
@@ -29,9 +29,12 @@ from .hosts import (
 # a bounded count in `make test`; `make prove` (HYPOTHESIS_PROFILE=prove) explores more.
 _COMMON = {"deadline": None, "database": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
-settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=120, derandomize=True, **_COMMON)
 settings.register_profile("prove", max_examples=int(os.environ.get("PROVE_EXAMPLES", "600")),
                           derandomize=False, **_COMMON)
+# for mutation runs: the same fixed examples, first failure reported unshrunk (fast)
+settings.register_profile("mutation", max_examples=60, derandomize=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 

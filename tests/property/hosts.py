@@ -473,7 +473,8 @@ class Ran:
 
 def run_agent(pyz: Path, root: Path, *args: str, timeout: float = 30, **env: str) -> Ran:
     res = subprocess.run([PYTHON, "-I", str(pyz), *args], capture_output=True, text=True,
-                         timeout=timeout, env=clean_env(root, **env), check=False, stdin=subprocess.DEVNULL)
+                         timeout=timeout, env=clean_env(root, **env), check=False,
+                         stdin=subprocess.DEVNULL)
     return Ran(" ".join(args), res.returncode, res.stdout, res.stderr)
 
 

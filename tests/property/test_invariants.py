@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import currently_in_test_context, event, given
 
 from .conftest import STATS
 from .hosts import (
@@ -81,6 +81,12 @@ KNOWN: dict[int, tuple[Callable[[HostState], bool], ...]] = {
 def known(invariant: int, state: HostState, exempt: bool) -> bool:
     return exempt and any(pred(state) for pred in KNOWN.get(invariant, ()))
 MIGRATING = re.compile(r"^\[INFO\] \[[\w.]*migration\] migrating: ", re.M)
+
+
+def note(text: str) -> None:
+    """hypothesis.event(), also callable from the plain table tests."""
+    if currently_in_test_context():
+        event(text)
 
 
 def agent_count(world: World) -> int:
@@ -154,6 +160,9 @@ def check_host(root: Path, world: World, pyz: Path, state: HostState,
                            + "\n" + show(checked))
     runs += checked
 
+    # what the example exercised (`make prove` prints these with the statistics)
+    note(f"exits migrate/run/migrate: {checked[0].rc}/{checked[1].rc}/{checked[2].rc}")
+
     # 5. documented exit codes only, never a traceback
     for r in checked:
         assert r.rc in DOCUMENTED_EXITS, f"invariant 5: `{r.what}` exit {r.rc}\n{show(checked)}"
@@ -162,6 +171,7 @@ def check_host(root: Path, world: World, pyz: Path, state: HostState,
     # 1. at most one backup per real migration
     migrations = sum(len(MIGRATING.findall(r.err)) for r in checked)
     new = backup_names(after) - backup_names(before)
+    note(f"real migrations: {migrations}")
     assert len(new) <= migrations, (
         f"invariant 1: {len(new)} new backups {sorted(new)} for {migrations} migrations\n"
         + show(checked))
@@ -204,9 +214,17 @@ def check_host(root: Path, world: World, pyz: Path, state: HostState,
             hits = sorted(s for s in secrets if s.encode() in info[3])
             assert not hits, f"invariant 4: a token in {rel}\n{show(checked)}"
 
+    # 4 (and 6). a registration token is one-time: once the host registered, it is gone
+    grown = agent_count(world) - agents_before
+    note("registered a new agent" if grown else "registered no new agent")
+    if grown:
+        final = tokens_in_config(after.get(CONFIG, ("f", 0, 0, b""))[3])
+        used = {world.real_reg_token} & final
+        assert not used, ("invariant 4: registered, yet config.json keeps the used "
+                          f"registration token\n{show(checked)}")
+
     # 6. a registered host never registers again
     if built.registered and not known(6, state, exempt):
-        grown = agent_count(world) - agents_before
         held = [(w, a) for w, a, _ in built.live_identities]
         assert grown == 0, (f"invariant 6: the host held an authenticating identity {held} "
                             f"and registered {grown} more agent(s)\n" + show(checked))
