@@ -33,7 +33,7 @@ settings.register_profile("ci", max_examples=120, derandomize=True, **_COMMON)
 settings.register_profile("prove", max_examples=int(os.environ.get("PROVE_EXAMPLES", "600")),
                           derandomize=False, **_COMMON)
 # for mutation runs: the same fixed examples, first failure reported unshrunk (fast)
-settings.register_profile("mutation", max_examples=60, derandomize=True,
+settings.register_profile("mutation", max_examples=120, derandomize=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from hypothesis import currently_in_test_context, event, given
+from hypothesis import currently_in_test_context, event, example, given
 
 from .conftest import STATS
 from .hosts import (
@@ -33,7 +33,11 @@ from .hosts import (
     CONFIG,
     DOCUMENTED_EXITS,
     MAX_ATTEMPTS,
+    CurrentSpec,
     HostState,
+    IdentitySpec,
+    LegacySpec,
+    MigrationStateSpec,
     Ran,
     World,
     backup_names,
@@ -230,7 +234,38 @@ def check_host(root: Path, world: World, pyz: Path, state: HostState,
                             f"and registered {grown} more agent(s)\n" + show(checked))
 
 
+def _real(index: int, access: str = "valid") -> IdentitySpec:
+    return IdentitySpec("real", index=index, access=access)
+
+
+# Corners always run besides the generated states: two identities on one host, a migration
+# killed between verifying and removing the legacy layout, legacy state only, a given-up phase.
+CORNERS = (
+    HostState(LegacySpec("both", "no_version", identity=_real(0), reg_token="real",
+                         state_files=("agent.key", "pending_acks.json")),
+              CurrentSpec("complete", identity=_real(1, "stale")), MigrationStateSpec("none"),
+              backups=3),
+    HostState(LegacySpec("config_dir", "numeric", version=5, identity=_real(2)),
+              CurrentSpec("token_only", reg_token="real"), MigrationStateSpec("none"),
+              crash_at="directory:verified"),
+    HostState(LegacySpec("state_dir", state_files=("client.crt", "cache.db")),
+              CurrentSpec("fresh", state_dir=False), MigrationStateSpec("none"),
+              upstream_litter=2, machine_id="changed"),
+    HostState(LegacySpec("none"), CurrentSpec("complete", identity=_real(3, "missing"),
+                                              reg_token="fake"),
+              MigrationStateSpec("failed", failed_phase="config", attempts=3), backups=4,
+              stale_partial=True),
+)
+
+
+def _corners(fn: Callable[..., None]) -> Callable[..., None]:
+    for corner in CORNERS:
+        fn = example(state=corner)(fn)
+    return fn
+
+
 @given(state=host_states)
+@_corners
 def test_invariants_hold_on_generated_host_states(state: HostState, world: World,
                                                   zipapp: Path) -> None:
     start = time.monotonic()
