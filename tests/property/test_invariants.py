@@ -84,6 +84,8 @@ KNOWN: dict[int, tuple[Callable[[HostState], bool], ...]] = {
 
 def known(invariant: int, state: HostState, exempt: bool) -> bool:
     return exempt and any(pred(state) for pred in KNOWN.get(invariant, ()))
+
+
 MIGRATING = re.compile(r"^\[INFO\] \[[\w.]*migration\] migrating: ", re.M)
 
 
@@ -110,10 +112,10 @@ def show(runs: list[Ran]) -> str:
 
 
 def identity_files(t: dict[str, tuple[Any, ...]]) -> list[bytes]:
-    """config.json and every file in a complete or partial backup."""
-    out = [info[3] for rel, info in t.items() if info[0] == "f"
-           and (rel == CONFIG or rel.startswith(BACKUPS + "/"))]
-    return out
+    """config.json and every file in a complete backup (a `.partial` one does not count)."""
+    complete = tuple(f"{BACKUPS}/{name}/" for name in backup_names(t))
+    return [info[3] for rel, info in t.items()
+            if info[0] == "f" and (rel == CONFIG or rel.startswith(complete))]
 
 
 def holds_identity(data: bytes, agent_id: str, refresh: str) -> bool:
@@ -140,10 +142,11 @@ def check_host(root: Path, world: World, pyz: Path, state: HostState,
     agents_before = agent_count(world)
 
     checked: list[Ran] = [run_agent(pyz, root, "migrate", "--json")]
+    after_migrate = tree(root)
     checked.append(run_service(pyz, root))
     after_run = tree(root)
     checked.append(run_agent(pyz, root, "migrate", "--json"))
-    snapshots = [before, tree(root)]
+    snapshots = [before, after_migrate, after_run, tree(root)]
     after = snapshots[-1]
 
     # 2. the second migrate writes nothing, but a failed migration's bounded retries
