@@ -25,8 +25,9 @@ from .hosts import (
     run_agent,
 )
 
-# Every example starts four processes (~1 s): no per-example deadline, and a fixed seed with
-# a bounded count in `make test`; `make prove` (HYPOTHESIS_PROFILE=prove) explores more.
+# Every example starts three or four agent processes (0.3-0.7 s): no per-example deadline;
+# a fixed seed and a bounded count in `make test` (~50 s on 2 cores); `make prove`
+# (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N, default 600) explores new random states.
 _COMMON = {"deadline": None, "database": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 settings.register_profile("ci", max_examples=120, derandomize=True, **_COMMON)

@@ -1,8 +1,8 @@
 """The agent's invariants over generated host states (issue 15).
 
 For each generated state, in a temporary REDFLAG_ROOT, the real zipapp runs as the unit runs
-it: `migrate`, `run` against the stand-in server (SIGTERM once it checked in, or after 2 s),
-`migrate` again. Then:
+it: `migrate`, `run` against the stand-in server (SIGTERM 0.3 s after its first check-in, or
+after 2 s), `migrate` again. Then:
   1. at most one backup per real migration, none when nothing is migrated;
   2. the second `migrate` writes nothing (paths, bytes, modes, mtimes), except the bounded
      retry of a migration that failed (it reports the failure), which settles within
