@@ -26,15 +26,15 @@ from .hosts import (
 )
 
 # Every example starts three or four agent processes (0.3-0.7 s): no per-example deadline;
-# a fixed seed and a bounded count in `make test` (~50 s on 2 cores); `make prove`
+# a fixed seed and a bounded count in `make test` (40-80 s on 2 cores); `make prove`
 # (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N, default 600) explores new random states.
 _COMMON = {"deadline": None, "database": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
-settings.register_profile("ci", max_examples=120, derandomize=True, **_COMMON)
+settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
 settings.register_profile("prove", max_examples=int(os.environ.get("PROVE_EXAMPLES", "600")),
                           derandomize=False, **_COMMON)
 # for mutation runs: the same fixed examples, first failure reported unshrunk (fast)
-settings.register_profile("mutation", max_examples=120, derandomize=True,
+settings.register_profile("mutation", max_examples=100, derandomize=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)

@@ -1,7 +1,8 @@
 """Counterexamples the generated host states found, as ordinary table tests.
 
-Each is marked xfail(strict=True): it fails while the bug is there and turns into a failure
-(XPASS) once it is fixed; then drop the mark, and its entry in test_invariants.KNOWN.
+Each open one is marked xfail(strict=True): it fails while the bug is there and turns into a
+failure (XPASS) once it is fixed; then drop the mark, and its entry in test_invariants.KNOWN.
+Rows without the mark were fixed and stay as regression tests.
 """
 
 from __future__ import annotations
@@ -37,11 +38,9 @@ CASES = [
                   current=CurrentSpec("incomplete", identity=real(1), reg_token="real",
                                       state_dir=False),
                   migration=MigrationStateSpec("none")),
+        # on the branch's base the current agent_id without tokens beat the complete legacy
+        # identity and the host registered again; main's choose_identity (3a04f2d) fixed it
         id="incomplete-current-agent-id-beats-complete-legacy-identity",
-        marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "migration.merge.merge_legacy keeps a current agent_id that has no tokens over a "
-            "complete, working legacy identity of another agent (the legacy one survives only "
-            "in the backup) and the agent registers the host again (invariant 6); issue 15")),
     ),
 ]
 
