@@ -63,6 +63,10 @@ molecule: venv image  ## every Molecule scenario on systemd containers
 .PHONY: test
 test: lint unit molecule  ## everything CI runs
 
+.PHONY: prove
+prove: venv  ## property suite, long profile: more generated host states (count and time at the end)
+	HYPOTHESIS_PROFILE=prove $(BIN)/python -m pytest tests/property -q --hypothesis-show-statistics
+
 .PHONY: demo
 demo: venv system-deps  ## stand-in server + 3-host demo fleet, rolled out by playbooks/site.yml
 	bash demo/demo.sh

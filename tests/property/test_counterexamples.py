@@ -1,0 +1,104 @@
+"""Counterexamples the generated host states found, as ordinary table tests.
+
+Each open one is marked xfail(strict=True): it fails while the bug is there and turns into a
+failure (XPASS) once it is fixed; then drop the mark, and its entry in test_invariants.KNOWN.
+Rows without the mark were fixed and stay as regression tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .hosts import (
+    AGENT_SRC,
+    PYTHON,
+    CurrentSpec,
+    HostState,
+    IdentitySpec,
+    LegacySpec,
+    MigrationStateSpec,
+    World,
+)
+from .test_invariants import check_host
+
+pytestmark = pytest.mark.property
+
+
+def real(index: int, access: str = "valid") -> IdentitySpec:
+    return IdentitySpec("real", index=index, access=access)
+
+
+CASES = [
+    pytest.param(
+        # found by the property (invariant 6); issue 15
+        HostState(legacy=LegacySpec("config_dir", "no_version", identity=real(0)),
+                  current=CurrentSpec("incomplete", identity=real(1), reg_token="real",
+                                      state_dir=False),
+                  migration=MigrationStateSpec("none")),
+        # on the branch's base the current agent_id without tokens beat the complete legacy
+        # identity and the host registered again; main's choose_identity (3a04f2d) fixed it
+        id="incomplete-current-agent-id-beats-complete-legacy-identity",
+    ),
+]
+
+
+UNMIGRATED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a complete legacy identity that the migration does not take over (migration_state says "
+    "'directory' is completed, or the migration was given up after 3 failures) is ignored by "
+    "`run`: it registers the host again with the current registration token, while `status "
+    "--json` reports registered=true, identity_source=legacy (invariant 6); issue 15"))
+CASES += [
+    pytest.param(
+        # found by the property (invariant 6); issue 15
+        HostState(legacy=LegacySpec("both", "numeric", version=0, identity=real(0)),
+                  current=CurrentSpec("token_only", reg_token="real", state_dir=False),
+                  migration=MigrationStateSpec("completed", completed=("directory",))),
+        id="legacy-identity-ignored-when-state-says-directory-done", marks=UNMIGRATED),
+    pytest.param(
+        HostState(legacy=LegacySpec("config_dir", "no_version", identity=real(2)),
+                  current=CurrentSpec("token_only", reg_token="real"),
+                  migration=MigrationStateSpec("failed", failed_phase="directory",
+                                               attempts=3)),
+        id="legacy-identity-ignored-when-migration-given-up", marks=UNMIGRATED),
+]
+
+
+@pytest.mark.parametrize("state", CASES)
+def test_counterexample(state: HostState, world: World, zipapp: Path, tmp_path: Path) -> None:
+    check_host(tmp_path / "root", world, zipapp, state, exempt=False)
+
+
+# The agent's SIGTERM handler calls threading.Event.set(). When the signal lands while the
+# main thread is inside Event.wait() holding the Event's (non-reentrant) lock -- the few
+# bytecodes around entering the sleep after a check-in -- set() waits for that lock forever.
+# The property found it as a `run` that ignored SIGTERM for 10 s (then killed, -9). This
+# models that moment exactly: the handler runs while the main thread holds the lock.
+HANDLER_UNDER_LOCK = """
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from redflag_agent.signals import Terminated, Terminator
+term = Terminator()
+with term.event._cond:  # as inside Event.wait(), right where the sleep starts
+    try:
+        term._handle(signal.SIGTERM, None)
+    except Terminated:
+        pass
+print("stopped")
+"""
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "signals.Terminator._handle calls Event.set() from the signal handler; a SIGTERM that "
+    "arrives while the main thread holds the Event's lock (entering Terminator.sleep after a "
+    "check-in) deadlocks the agent: it never stops (invariant 5, systemd has to SIGKILL it); "
+    "issue 15"))
+def test_sigterm_while_entering_sleep_stops_the_agent() -> None:
+    try:
+        res = subprocess.run([PYTHON, "-I", "-c", HANDLER_UNDER_LOCK, str(AGENT_SRC)],
+                             capture_output=True, text=True, timeout=3, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the SIGTERM handler deadlocked: no stop within 3 s") from None
+    assert res.returncode == 0 and "stopped" in res.stdout, res.stderr
