@@ -113,7 +113,7 @@ def test_loop_backs_off_through_outage_then_checks_in(tmp_root, fake_server, cap
     term = Terminator()
 
     def ok_then_stop(_req):
-        term.event.set()  # the sleep after this check-in ends the loop
+        term.request_stop()  # the sleep after this check-in ends the loop
         return 200, {"commands": []}
 
     fake_server.on("GET", CMDS, (500, {"error": "db"}), (429, {"error": "slow down"}),

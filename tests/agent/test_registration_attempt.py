@@ -315,7 +315,7 @@ def _stop_when(term: Terminator, predicate, timeout: float = 15.0) -> threading.
         deadline = time.monotonic() + timeout
         while not predicate() and time.monotonic() < deadline:
             time.sleep(0.02)
-        term.event.set()
+        term.request_stop()
         term.signal_name = "SIGTERM"
 
     thread = threading.Thread(target=watch, daemon=True)

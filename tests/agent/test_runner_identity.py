@@ -65,7 +65,7 @@ def run_until(paths, predicate, timeout=15.0):
     deadline = time.monotonic() + timeout
     while thread.is_alive() and time.monotonic() < deadline and not predicate():
         time.sleep(0.02)
-    term.event.set()
+    term.request_stop()
     thread.join(timeout)
     assert not thread.is_alive()
     return out["code"]

@@ -494,9 +494,8 @@ def run_service(pyz: Path, root: Path, deadline: float = 2.0) -> Ran:
     end = time.monotonic() + deadline
     while proc.poll() is None and time.monotonic() < end:
         if _checked_in(status):
-            # let it reach its sleep: a SIGTERM right as it enters it can deadlock the agent
-            # (test_counterexamples.py::test_sigterm_while_entering_sleep_stops_the_agent)
-            time.sleep(0.3)
+            # SIGTERM right away, as it enters its sleep: the moment that once deadlocked the
+            # handler (test_counterexamples.py::test_sigterm_while_entering_sleep_stops_the_agent)
             break
         time.sleep(0.02)
     if proc.poll() is None:

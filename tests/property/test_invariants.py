@@ -1,7 +1,7 @@
 """The agent's invariants over generated host states (issue 15).
 
 For each generated state, in a temporary REDFLAG_ROOT, the real zipapp runs as the unit runs
-it: `migrate`, `run` against the stand-in server (SIGTERM 0.3 s after its first check-in, or
+it: `migrate`, `run` against the stand-in server (SIGTERM right after its first check-in, or
 after 2 s), `migrate` again. Then:
   1. at most one backup per real migration, none when nothing is migrated;
   2. the second `migrate` writes nothing (paths, bytes, modes, mtimes), except the bounded
