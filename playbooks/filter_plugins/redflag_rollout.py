@@ -260,7 +260,7 @@ def redflag_gate_message(  # noqa: PLR0913, PLR0917
             took = f", {r['seconds']} s" if r.get("seconds") is not None else ""
             lines.append(f"{r['host']} {r['from']} -> {r['to']}: {r.get('status')}{took} "
                          f"({r.get('reason')})")
-        parts.append("Rolled back to the version they ran before: " + "; ".join(lines) + ".")
+        parts.append("Rollback to the version each ran before: " + "; ".join(lines) + ".")
     else:
         parts.append("No host was rolled back.")
     kept = plan.get("kept") or []

@@ -214,7 +214,7 @@ def test_gate_message_names_failures_rollbacks_their_health_and_the_untouched():
         "rollout stopped at batch 1 of 3: hosts bad, fresh failed the health gate: "
         "bad: failed: no successful check-in since the start; fresh: failed: exit 1."
     )
-    assert "Rolled back to the version they ran before: bad 0.4.1 -> 0.4.0: healthy, 3.2 s" in text
+    assert "Rollback to the version each ran before: bad 0.4.1 -> 0.4.0: healthy, 3.2 s" in text
     assert "Not rolled back: fresh: no earlier version on this host (first install)." in text
     assert text.endswith("Later batches were not touched (c2, c3); fix the cause named above "
                          "and re-run.")  # fmt: skip
