@@ -225,3 +225,12 @@ def test_gate_message_without_rollback_and_on_the_last_batch():
     text = R.redflag_gate_message(2, 2, bad_of("same"), plan, HOSTVARS, [])
     assert "No host was rolled back." in text
     assert "This was the last batch" in text
+
+
+def test_a_gate_under_tags_without_the_service_step_counts_reachable_hosts_unverified():
+    fleet = load_source("redflag_fleet", PLAYBOOKS / "filter_plugins" / "redflag_fleet.py")
+    hostvars = {"staged": {"redflag_agent__versions": {"switched": True}}, "gone": {}}
+    batch = ["staged", "gone"]
+    assert [b["host"] for b in fleet.redflag_unhealthy(batch, hostvars)] == ["staged", "gone"]
+    skipped = fleet.redflag_unhealthy(batch, hostvars, service_skipped=True, reachable=["staged"])
+    assert [b["host"] for b in skipped] == ["gone"]

@@ -38,6 +38,13 @@ def unit(active="active", sub="running", code=0):
 
 REG = {"registered": True, "agent_id": "a-1", "last_checkin": LATER, "last_error": None}
 NO_CHECKIN = {**REG, "last_checkin": BEFORE, "last_error": "check-in: connection refused"}
+NEVER = {**REG, "last_checkin": None}
+STOPPED_78 = unit("failed", "failed", 78)
+
+
+def crashed(code):
+    """The main process exited; systemd waits RestartSec before the next start."""
+    return unit("activating", "auto-restart", code)
 
 
 @pytest.mark.parametrize(
@@ -47,19 +54,19 @@ NO_CHECKIN = {**REG, "last_checkin": BEFORE, "last_error": "check-in: connection
         ("registered", REG, unit(), SINCE, "registered", f"checked in at {LATER}"),
         # registered and active but no check-in since: keep polling, say why
         ("registered", NO_CHECKIN, unit(), SINCE, "pending", "connection refused"),
-        ("registered", {**REG, "last_checkin": None}, unit(), SINCE, "pending", "last check-in never"),
+        ("registered", NEVER, unit(), SINCE, "pending", "last check-in never"),
         # exited after the start, systemd will restart it: fail now, not at the timeout
-        ("pending", REG, unit("activating", "auto-restart", 1), SINCE, "failed", "exited with status 1"),
-        ("pending", REG, unit("activating", "auto-restart", 0), SINCE, "failed", "status 0"),
+        ("pending", REG, crashed(1), SINCE, "failed", "exited with status 1"),
+        ("pending", REG, crashed(0), SINCE, "failed", "status 0"),
         # lock held (75): systemd's next start may succeed; keep polling
-        ("pending", REG, unit("activating", "auto-restart", 75), SINCE, "pending", "as decided"),
+        ("pending", REG, crashed(75), SINCE, "pending", "as decided"),
         # other answers of decide() pass through
         ("rejected", REG, unit("failed", "failed", 77), SINCE, "rejected", "as decided"),
-        ("waiting-for-token", {}, unit("failed", "failed", 78), SINCE, "waiting-for-token", "as decided"),
+        ("waiting-for-token", {}, STOPPED_78, SINCE, "waiting-for-token", "as decided"),
         ("pending", None, unit(), SINCE, "pending", "as decided"),
         # nothing was (re)started by this run: registered and active is enough, as before
         ("registered", NO_CHECKIN, unit(), None, "registered", "as decided"),
-        ("pending", REG, unit("activating", "auto-restart", 1), None, "pending", "as decided"),
+        ("pending", REG, crashed(1), None, "pending", "as decided"),
     ],
 )  # fmt: skip
 def test_gate_checkin(service_module, state, status, props, since, want, fragment):  # noqa: PLR0917
