@@ -250,7 +250,7 @@ def redflag_gate_message(  # noqa: PLR0913, PLR0917
     parts = [
         f"rollout stopped at batch {number} of {total}: hosts "
         f"{', '.join(str(b.get('host')) for b in bad)} failed the health gate: "
-        + "; ".join(str(b.get("text")) for b in bad)
+        + "; ".join(str(b.get("text")).rstrip(". ") for b in bad)
         + "."
     ]
     results = _rollback_results(plan, hostvars)
