@@ -238,15 +238,17 @@ def redflag_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def redflag_gate_message(  # noqa: PLR0913, PLR0917
-    number: int,
-    total: int,
+def redflag_gate_message(
+    number: Any,
+    batches: Sequence[Sequence[str]],
     bad: Sequence[Mapping[str, Any]],
     plan: Mapping[str, Any],
     hostvars: Mapping[str, Any],
-    later: Sequence[str],
 ) -> str:
-    """Why the rollout stopped: failed hosts and why, rollbacks and their health, the rest."""
+    """Why the rollout stopped: failed hosts and why, rollbacks and their health, and the
+    hosts of the later batches, which were not touched."""
+    number, total = int(number), len(batches)
+    later = [host for batch in batches[number:] for host in batch]
     parts = [
         f"rollout stopped at batch {number} of {total}: hosts "
         f"{', '.join(str(b.get('host')) for b in bad)} failed the health gate: "

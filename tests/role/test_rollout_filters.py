@@ -209,7 +209,7 @@ def test_gate_message_names_failures_rollbacks_their_health_and_the_untouched():
     bad = [{"host": "bad", "text": "bad: failed: no successful check-in since the start"},
            {"host": "fresh", "text": "fresh: failed: exit 1"}]  # fmt: skip
     plan = R.redflag_rollback_plan(["bad", "fresh"], hostvars, bad, ["bad", "fresh"])
-    text = R.redflag_gate_message(1, 3, bad, plan, hostvars, ["c2", "c3"])
+    text = R.redflag_gate_message(1, [["bad", "fresh"], ["c2"], ["c3"]], bad, plan, hostvars)
     assert text.startswith(
         "rollout stopped at batch 1 of 3: hosts bad, fresh failed the health gate: "
         "bad: failed: no successful check-in since the start; fresh: failed: exit 1."
@@ -222,7 +222,7 @@ def test_gate_message_names_failures_rollbacks_their_health_and_the_untouched():
 
 def test_gate_message_without_rollback_and_on_the_last_batch():
     plan = R.redflag_rollback_plan(["same"], HOSTVARS, bad_of("same"), ["same"])
-    text = R.redflag_gate_message(2, 2, bad_of("same"), plan, HOSTVARS, [])
+    text = R.redflag_gate_message("2", [["x"], ["same"]], bad_of("same"), plan, HOSTVARS)
     assert "No host was rolled back." in text
     assert "This was the last batch" in text
 
