@@ -22,13 +22,23 @@ TABLE_COLUMNS = (
 
 
 def redflag_unhealthy(
-    batch_hosts: Sequence[str], hostvars: Mapping[str, Any], allow_waiting: bool = True
+    batch_hosts: Sequence[str],
+    hostvars: Mapping[str, Any],
+    allow_waiting: bool = True,
+    service_skipped: bool = False,
+    reachable: Sequence[str] = (),
 ) -> list[dict[str, str]]:
-    """Hosts of a batch whose redflag_agent_outcome is not healthy, with the reason."""
+    """Hosts of a batch whose redflag_agent_outcome is not healthy, with the reason.
+
+    service_skipped: --tags/--skip-tags left out the role's service step, so a reachable
+    host has no outcome to judge; it counts as unverified (as in check mode), not failed.
+    """
     ok = set(OK_STATES) | ({WAITING} if allow_waiting else set())
     bad = []
     for host in batch_hosts:
         outcome = (hostvars.get(host) or {}).get("redflag_agent_outcome")
+        if not isinstance(outcome, Mapping) and service_skipped and host in reachable:
+            continue
         if not isinstance(outcome, Mapping):
             status, reason = "failed", NO_OUTCOME
         else:

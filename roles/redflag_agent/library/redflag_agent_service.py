@@ -4,8 +4,10 @@
 `plan()` (pure) picks the systemctl actions: daemon-reload when the unit changed, enable,
 restart when the artifact, config or unit changed, start when the agent can do something
 (registered, or a token was just embedded). Then it polls `status --json` and
-`systemctl show` until the outcome is final and classifies it with `decide()` (pure). A
-failed outcome is returned, not raised: the role decides what it means.
+`systemctl show` until the outcome is final and classifies it with `decide()` (pure). With
+`require_checkin` (site.yml's health gate) a (re)started agent is healthy only once it has
+checked in after that start (`gate_checkin()`, pure). A failed outcome is returned, not
+raised: the role decides what it means.
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ options:
     description: Host name used in the waiting-for-token warning.
     type: str
     default: this host
+  require_checkin:
+    description:
+      - When this run (re)starts the agent, it is healthy only after a successful check-in
+        newer than that start (C(last_checkin) in C(status --json)), not merely registered
+        and active; an agent that exits after the start fails at once (exit 75 excepted).
+    type: bool
+    default: false
+  reset_failed:
+    description: Clear the unit's failed state and start counter before restarting (a rollback).
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -91,11 +104,15 @@ actions:
   elements: str
   returned: always
 outcome:
-  description: status (registered, waiting-for-token, rejected, failed), reason, and the facts read.
+  description:
+    - status (registered, waiting-for-token, rejected, failed), reason, and the facts read.
+    - With I(require_checkin) also restarted_at (when this run started the agent) and
+      last_checkin; seconds is the time from the systemctl actions to the outcome.
   type: dict
   returned: always
 """
 
+import calendar
 import json
 import os
 import time
@@ -116,6 +133,8 @@ FIRST_POLL = 0.25
 RUNNING = ("active", "activating", "reloading")
 EX_REJECTED = 77
 EX_CONFIG = 78
+EX_TEMPFAIL = 75  # another instance holds the lock: systemd's restart may still succeed
+CHECKIN_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # status.json's last_checkin (UTC, whole seconds)
 
 WAITING_REASON = (
     "installed, NOT registered: no registration token; "
@@ -187,13 +206,74 @@ def decide(
     )
 
 
-def plan(unit: dict[str, str], daemon_reload: bool, restart: bool, should_run: bool) -> list[str]:
+def _utc(when: float) -> str:
+    return time.strftime(CHECKIN_FORMAT, time.gmtime(when))
+
+
+def checked_in_since(last_checkin: Any, since: float, before: Any) -> bool:
+    """A successful check-in happened after `since` (pure).
+
+    last_checkin has whole seconds, so a stamp in the second of the restart counts only
+    when it differs from the one read before the restart (the old process's)."""
+    if not isinstance(last_checkin, str):
+        return False
+    try:
+        at = calendar.timegm(time.strptime(last_checkin, CHECKIN_FORMAT))
+    except ValueError:
+        return False
+    return at >= int(since) and last_checkin != before
+
+
+def gate_checkin(  # noqa: PLR0913, PLR0917 - one observation has this many facts
+    state: str,
+    reason: str,
+    status: Optional[dict[str, Any]],
+    unit: dict[str, str],
+    since: Optional[float],
+    before: Any,
+) -> tuple[str, str]:
+    """decide()'s answer, held to the health gate after a (re)start at `since` (pure).
+
+    Registered and active is not enough: the agent must have checked in since. A process
+    that exited after the start fails now rather than when the wait runs out.
+    """
+    if since is None:
+        return state, reason
+    status = status or {}
+    last_error = status.get("last_error") or status.get("config_error")
+    if state == "registered":
+        last = status.get("last_checkin")
+        if checked_in_since(last, since, before):
+            return state, f"{reason}, checked in at {last} (after the start at {_utc(since)})"
+        return "pending", (
+            f"registered and active, but no successful check-in since the start at "
+            f"{_utc(since)} (last check-in {last or 'never'}; last error: {last_error or 'none'})"
+        )
+    code = _int(unit.get("ExecMainStatus"))
+    if state == "pending" and unit.get("SubState") == "auto-restart" and code != EX_TEMPFAIL:
+        return "failed", (
+            f"the agent exited with status {code} after the start at {_utc(since)} "
+            "(systemd restarts it after RestartSec): "
+            f"{last_error or 'see journalctl -u redflag-agent'}"
+        )
+    return state, reason
+
+
+def plan(
+    unit: dict[str, str],
+    daemon_reload: bool,
+    restart: bool,
+    should_run: bool,
+    reset_failed: bool = False,
+) -> list[str]:
     """systemctl actions, in order, for the unit's current state (pure)."""
     actions = []
     if daemon_reload or unit.get("NeedDaemonReload") == "yes":
         actions.append("daemon-reload")
     if unit.get("UnitFileState") != "enabled":
         actions.append("enable")
+    if reset_failed and restart:
+        actions.append("reset-failed")
     if restart:
         actions.append("restart")
     elif should_run and unit.get("ActiveState") not in RUNNING:
@@ -298,6 +378,8 @@ def main() -> None:
             "retries": {"type": "int", "default": 20},
             "delay": {"type": "int", "default": 3},
             "host": {"type": "str", "default": "this host"},
+            "require_checkin": {"type": "bool", "default": False},
+            "reset_failed": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -311,7 +393,15 @@ def main() -> None:
         should_run = bool(
             status and (status.get("registered") or status.get("registration_token_present"))
         )
-    actions = plan(unit_state, p["daemon_reload"], p["restart"] or stale, should_run)
+    actions = plan(
+        unit_state, p["daemon_reload"], p["restart"] or stale, should_run, p["reset_failed"]
+    )
+    since, before = None, None
+    gated = p["require_checkin"] and p["verify"] and not module.check_mode
+    if gated and ("restart" in actions or "start" in actions):
+        before = (observe(module)[0] or {}).get("last_checkin")
+        since = time.time()
+    started = time.monotonic()
     if not module.check_mode:
         apply_actions(module, p["unit"], actions)
     if module.check_mode or not p["verify"]:
@@ -324,6 +414,7 @@ def main() -> None:
     for attempt in range(len(pauses) + 1):
         status, unit = observe(module)
         state, reason = decide(status, unit, p["token_embedded"])
+        state, reason = gate_checkin(state, reason, status, unit, since, before)
         if state != "pending" or attempt == len(pauses):
             break
         time.sleep(pauses[attempt])
@@ -343,6 +434,9 @@ def main() -> None:
         "active_state": unit.get("ActiveState"),
         "exec_main_status": _int(unit.get("ExecMainStatus")),
         "n_restarts": _int(unit.get("NRestarts")),
+        "last_checkin": status.get("last_checkin"),
+        "restarted_at": _utc(since) if since is not None else None,
+        "seconds": round(time.monotonic() - started, 1),
     }
     if state == "waiting-for-token":
         module.warn(f"{p['host']}: {WAITING_REASON}")

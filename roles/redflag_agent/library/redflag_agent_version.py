@@ -5,7 +5,10 @@ Points `current` at opt_dir/<version> (a new link renamed over the old one: atom
 prunes old versions (the previous one kept first, for rollback). The zipapp's content is
 already proven by then: the role checks the artifact against its .sha256 on the
 controller, `copy` checks its transfer, and redflag_agent_host checks a zipapp the copy
-skipped. `versions_to_prune()` is pure and tested in tests/role.
+skipped. With `rollback`, the version is one already installed and it is asked first
+whether it can read the config and state the newer one left (`status --json`); when it
+cannot, nothing is switched and the answer says why. `versions_to_prune()` and
+`rollback_blocker()` are pure and tested in tests/role.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ options:
     description: Root of the installed versions.
     type: path
     default: /opt/redflag-agent
+  rollback:
+    description:
+      - Switch back to I(version), an already installed one (the canary rollback). First its
+        own C(status --json) must read the config and state as they are now; when it cannot
+        (for example a config schema written by a newer version), nothing is switched and
+        C(refused) says why.
+    type: bool
+    default: false
+  python:
+    description: Interpreter that runs the agent (needed with I(rollback)).
+    type: path
 """
 
 RETURN = r"""
@@ -56,12 +70,21 @@ pruned:
   type: list
   elements: str
   returned: always
+version:
+  description: The version current points at now (I(version), unless refused).
+  type: str
+  returned: always
+refused:
+  description: With I(rollback), why the switch back was not made; empty when it was.
+  type: str
+  returned: always
 """
 
+import json
 import os
 import re
 import shutil
-from typing import Optional
+from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -83,6 +106,36 @@ def versions_to_prune(
         names.remove(previous)
         names.insert(0, previous)
     return names[max(0, keep - 1) :]
+
+
+def rollback_blocker(
+    version: str, rc: int, out: str, err: str
+) -> Optional[str]:
+    """Why `version` must not be switched back to, from its own `status --json` (pure).
+
+    The old version has to read the config and state the newer one left: a config it
+    cannot read (a newer schema: the agent would stop with exit 78) would lose the host,
+    so the rollback is refused and says why instead. None: safe to switch back.
+    """
+    try:
+        status: Any = json.loads(out) if rc == 0 else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        detail = (err or out or "").strip().splitlines()
+        return (
+            f"version {version} cannot report its status here (status --json exited {rc}"
+            + (f": {detail[-1][:300]}" if detail else "")
+            + "); it was left alone"
+        )
+    if status.get("config_present") and status.get("config_valid") is not True:
+        return (
+            f"version {version} cannot read {status.get('config_path') or 'config.json'}: "
+            f"{status.get('config_error') or 'config_valid is not true in its status'}; "
+            "switching back would stop the agent (exit 78), so the host stays on the newer "
+            "version: fix the newer version, or restore a config the older one reads"
+        )
+    return None
 
 
 class Versions:
@@ -142,14 +195,36 @@ def main() -> None:
             "keep_versions": {"type": "int", "default": 2},
             "version_re": {"type": "str", "required": True},
             "opt_dir": {"type": "path", "default": "/opt/redflag-agent"},
+            "rollback": {"type": "bool", "default": False},
+            "python": {"type": "path"},
         },
+        required_if=[("rollback", True, ("python",))],
         supports_check_mode=True,
     )
     p = module.params
     if p["keep_versions"] < 1:
         module.fail_json(msg="keep_versions must be 1 or more")
     versions = Versions(module)
-    versions.require_pyz(os.path.join(p["opt_dir"], p["version"]))
+    version_dir = os.path.join(p["opt_dir"], p["version"])
+    if p["rollback"] and not os.path.isfile(os.path.join(version_dir, PYZ)):
+        module.fail_json(
+            msg=f"cannot roll back to {p['version']}: {version_dir}/{PYZ} is no longer "
+            "installed (pruned: keep redflag_agent_keep_versions at 2 or more)"
+        )
+    versions.require_pyz(version_dir)
+    if p["rollback"]:
+        rc, out, err = module.run_command(
+            [p["python"], "-I", os.path.join(version_dir, PYZ), "status", "--json"],
+            environ_update={"LC_ALL": "C.UTF-8"},
+        )
+        refused = rollback_blocker(p["version"], rc, out, err)
+        if refused:
+            current = os.path.join(p["opt_dir"], "current")
+            now = os.readlink(current) if os.path.islink(current) else None
+            module.exit_json(
+                changed=False, changes=[], switched=False, previous_version=now,
+                pruned=[], version=now, refused=refused,
+            )  # fmt: skip
     previous = versions.link_current(p["version"])
     pruned = versions.prune(p["version"], previous)
     module.exit_json(
@@ -158,6 +233,8 @@ def main() -> None:
         switched=previous != p["version"],
         previous_version=previous,
         pruned=pruned,
+        version=p["version"],
+        refused="",
     )
 
 
