@@ -61,6 +61,15 @@ class LockRefused(Exception):
     """The state dir is not a real directory (InstanceLock.refused): never run unlocked."""
 
 
+def identity_left_behind(paths: Paths, log: logging.Logger) -> Optional[str]:
+    from . import migration  # noqa: PLC0415 - only on the way to registering
+    try:
+        return migration.identity_left_behind(paths)
+    except Exception as exc:  # a check, never fatal: registering stays possible
+        log.warning("cannot check for an identity the migration left behind: %s", exc)
+        return None
+
+
 def migrated_from_metadata(paths: Paths, log: logging.Logger) -> Optional[str]:
     from . import migration  # noqa: PLC0415 - the one subpackage the runner may defer
     try:
@@ -221,6 +230,16 @@ class Runner:
         if decision.action == registration.CANNOT_REGISTER:
             self.log.error("%s", registration.missing_token_message(self.paths))
             return EX_CONFIG
+        if decision.action == registration.REGISTER:
+            left = identity_left_behind(self.paths, self.log)
+            if left is not None:
+                message = (f"a usable agent identity is in {left}, but no migration will take "
+                           "it over (its phase is recorded as done, or was given up); "
+                           "registering now would put a second agent on the server. Fix: run "
+                           "`redflag-agent migrate --retry-failed` as root to take it over, "
+                           f"or move {left} away if that identity is stale; then start again")
+                self.log.error("%s", message)
+                return EX_CONFIG
         host = binding.host_machine_id(self.paths)
         try:
             client = make_client(cfg, host.value)

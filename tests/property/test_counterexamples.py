@@ -45,24 +45,22 @@ CASES = [
 ]
 
 
-UNMIGRATED = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a complete legacy identity that the migration does not take over (migration_state says "
-    "'directory' is completed, or the migration was given up after 3 failures) is ignored by "
-    "`run`: it registers the host again with the current registration token, while `status "
-    "--json` reports registered=true, identity_source=legacy (invariant 6); issue 15"))
+# Found by the property (invariant 6): a complete legacy identity that no migration takes over
+# (migration_state says 'directory' is completed, or it was given up after 3 failures) was
+# ignored by `run`, which registered the host again. `run` now stops with 78 and names it.
 CASES += [
     pytest.param(
         # found by the property (invariant 6); issue 15
         HostState(legacy=LegacySpec("both", "numeric", version=0, identity=real(0)),
                   current=CurrentSpec("token_only", reg_token="real", state_dir=False),
                   migration=MigrationStateSpec("completed", completed=("directory",))),
-        id="legacy-identity-ignored-when-state-says-directory-done", marks=UNMIGRATED),
+        id="legacy-identity-ignored-when-state-says-directory-done"),
     pytest.param(
         HostState(legacy=LegacySpec("config_dir", "no_version", identity=real(2)),
                   current=CurrentSpec("token_only", reg_token="real"),
                   migration=MigrationStateSpec("failed", failed_phase="directory",
                                                attempts=3)),
-        id="legacy-identity-ignored-when-migration-given-up", marks=UNMIGRATED),
+        id="legacy-identity-ignored-when-migration-given-up"),
 ]
 
 

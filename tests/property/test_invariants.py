@@ -54,24 +54,10 @@ from .hosts import (
 pytestmark = pytest.mark.property
 
 
-def unmigrated_legacy_identity_ignored(s: HostState) -> bool:
-    """test_counterexamples.py: a complete legacy identity the migration will not take over
-    (the state says `directory` is done, or the migration was given up) is ignored by `run`,
-    which registers the host again although `status` reports it registered (legacy)."""
-    m = s.migration
-    done = m.kind in ("completed", "failed", "in_progress") and "directory" in m.completed
-    blocked = (m.kind == "failed" and m.attempts >= MAX_ATTEMPTS
-               and m.failed_phase != "docker_secrets")
-    leg = s.legacy.identity
-    return leg is not None and leg.kind == "real" and (done or blocked)
-
-
 # States that hit a counterexample already written down (xfail strict) in
 # test_counterexamples.py: the property skips only that invariant for them, so the search
 # goes on. Remove an entry when its counterexample turns into an XPASS failure (fixed).
-KNOWN: dict[int, tuple[Callable[[HostState], bool], ...]] = {
-    6: (unmigrated_legacy_identity_ignored,),
-}
+KNOWN: dict[int, tuple[Callable[[HostState], bool], ...]] = {}
 
 
 def known(invariant: int, state: HostState, exempt: bool) -> bool:

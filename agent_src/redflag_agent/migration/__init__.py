@@ -13,13 +13,13 @@ import logging
 from typing import Any, Optional
 
 from ..paths import Paths
-from .decide import decide
+from .decide import decide, stranded_identity
 from .model import MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
 from .state import load_state, recorded_layout
 
 __all__ = ["MAX_ATTEMPTS", "PHASES", "MigrationError", "Plan", "Report", "execute",
-           "migrated_from", "plan", "summary", "upstream_layout"]
+           "identity_left_behind", "migrated_from", "plan", "summary", "upstream_layout"]
 
 
 def plan(paths: Paths, retry_failed: bool = False) -> Plan:
@@ -64,3 +64,12 @@ def migrated_from(paths: Paths) -> Optional[str]:
     state, _ = load_state(paths)
     value = state.get("migrated_from")
     return value if isinstance(value, str) else None
+
+
+def identity_left_behind(paths: Paths) -> Optional[str]:
+    """Where a usable identity sits that the migration has not taken over (see
+    decide.stranded_identity), only when no migration is pending to take it over."""
+    snap = read_snapshot(paths)
+    if decide(snap).phases:
+        return None
+    return stranded_identity(snap)

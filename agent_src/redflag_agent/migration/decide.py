@@ -7,7 +7,7 @@ from typing import Any, Optional
 from ..config import needs_schema_upgrade, schema_version_of
 from ..version import CONFIG_SCHEMA_VERSION
 from .layouts import detect, migrated_from, primary_layout, takeover_layouts
-from .merge import apply_secrets, merge_legacy, merge_upstream
+from .merge import apply_secrets, choose_identity, merge_legacy, merge_upstream
 from .model import (
     LAYOUT_0118,
     LAYOUT_0119,
@@ -147,3 +147,19 @@ def decide(s: Snapshot, retry_failed: bool = False) -> Plan:
     else:
         plan.upstream_layout = layout or primary_layout(present, {})
     return plan
+
+
+def stranded_identity(s: Snapshot) -> Optional[str]:
+    """Pure: where an upstream or legacy config holds an identity that beats the current one
+    (choose_identity) although no migration will take it over now (its phase is recorded
+    done, or given up). `run` must not register a second agent over it."""
+    current = s.current_config
+    candidates: list[tuple[str, Optional[dict[str, Any]]]] = [
+        (str(s.paths.legacy_config_file), s.legacy_config)]
+    files = {LAYOUT_0119: s.paths.v0119_config_file, LAYOUT_02: s.paths.v02_config_file}
+    candidates += [(str(files.get(layout, layout)), cfg)
+                   for layout, cfg in sorted(s.upstream_configs.items())]
+    for where, cfg in candidates:
+        if cfg and choose_identity(current, cfg).source == "legacy":
+            return where
+    return None
