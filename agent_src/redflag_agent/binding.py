@@ -226,23 +226,29 @@ def without_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_backup(paths: Paths, cfg: dict[str, Any], host: MachineId, reason: str) -> Path:
+    """Keep cfg's identity in a backup file (0600, dir 0700); its path. Raises
+    OSError/ConfigError."""
+    now = time.time()
+    target = backup_path(paths, cfg.get("agent_id"), now)
+    record = backup_record(cfg, host, reason,
+                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
+    try:
+        safefs.write_bytes(target, dumps_json(record), 0o600, create_dirs=True, dir_mode=0o700)
+    except safefs.UnsafePath as exc:
+        raise cfgmod.ConfigError(str(exc)) from exc
+    return target
+
+
 def set_aside(paths: Paths, cfg: dict[str, Any], host: MachineId, reason: str,
               shield: Callable[[], Any] = contextlib.nullcontext) -> Optional[Path]:
     """Keep the copied identity in a backup (0600, dir 0700), then drop it from config.json.
 
     Returns the backup's path, or None when config.json meanwhile holds another identity
     than `cfg` (nothing is dropped then). Raises OSError/ConfigError when a write fails."""
-    now = time.time()
-    target = backup_path(paths, cfg.get("agent_id"), now)
-    record = backup_record(cfg, host, reason,
-                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)))
     with shield():
-        try:
-            # the backup first: a crash before the config is rewritten only repeats this
-            safefs.write_bytes(target, dumps_json(record), 0o600, create_dirs=True,
-                               dir_mode=0o700)
-        except safefs.UnsafePath as exc:
-            raise cfgmod.ConfigError(str(exc)) from exc
+        # the backup first: a crash before the config is rewritten only repeats this
+        target = write_backup(paths, cfg, host, reason)
     with shield(), cfgmod.config_lock(paths):
         on_disk = cfgmod.read_config(paths.config_file)
         if on_disk is None or any(on_disk.get(k) != cfg.get(k)

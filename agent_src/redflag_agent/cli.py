@@ -260,6 +260,12 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s: %s", paths.config_file, exc)
         return EX_CONFIG
+    try:
+        # kept before the server forgets it: a mistaken unregister can be undone by hand
+        backup = binding.write_backup(paths, cfg, binding.host_machine_id(paths), "unregister")
+    except (OSError, cfgmod.ConfigError) as exc:
+        log.error("cannot keep a backup of the identity (%s); nothing was unregistered", exc)
+        return EX_CONFIG
     agent = Agent(paths, cfg, client, log, terminator=Terminator(),
                   status=StatusFile(paths, log))
     agent_id = agent.agent_id
@@ -287,7 +293,8 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
             on_disk.pop(key, None)
         cfgmod.save_config(paths, on_disk)
     if args.json:
-        _print_json({"unregistered": True, "agent_id": agent_id, "server_knew": server_knew})
+        _print_json({"unregistered": True, "agent_id": agent_id, "server_knew": server_knew,
+                     "backup": str(backup)})
     else:
         print(f"unregistered agent {agent_id}")
     return EX_OK

@@ -27,8 +27,10 @@ IDENTITY_KEYS = ("agent_id", "token", "refresh_token")
 # keys `config apply` may not set through "settings": they belong to the agent. machine_id:
 # the machine the identity was registered on (binding.py); not an identity key, so a file's
 # own `machine_id` survives merges and re-enrollment until a registration records this host's
+# enrolled_token_sha256: a fingerprint of the token of the last enrollment (registration.py)
+ENROLLED_TOKEN_KEY = "enrolled_token_sha256"  # noqa: S105 - a key name, not a secret
 AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registration_token",
-                    "machine_id")
+                    "machine_id", ENROLLED_TOKEN_KEY)
 REDACTED = "********"
 DEFAULT_CHECK_IN_INTERVAL = 300
 

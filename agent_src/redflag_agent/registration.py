@@ -148,15 +148,20 @@ def registration_body(cfg: dict[str, Any], facts: dict[str, str],
 
 
 def apply_registration(cfg: dict[str, Any], answer: dict[str, Any],
-                       machine_id: Optional[str] = None) -> dict[str, Any]:
+                       machine_id: Optional[str] = None,
+                       token: Optional[str] = None) -> dict[str, Any]:
     """Pure: the config after a successful registration; the machine ID it was registered
-    with is recorded next to agent_id (a clone of this config then knows it is one)."""
+    with is recorded next to agent_id (a clone of this config then knows it is one), and a
+    fingerprint of the registration token (never the token): the role's evidence that a
+    forced re-enrollment with this token already happened."""
     out = copy.deepcopy(cfg)
     out["agent_id"] = answer["agent_id"]
     out["token"] = answer["token"]
     out["refresh_token"] = answer["refresh_token"]
     if machine_id:
         out["machine_id"] = machine_id
+    if token:
+        out[cfgmod.ENROLLED_TOKEN_KEY] = token_fingerprint(token)
     out.pop("registration_token", None)
     server_cfg = answer.get("config")
     interval = server_cfg.get("check_in_interval") if isinstance(server_cfg, dict) else None
@@ -368,8 +373,9 @@ def with_identity(base: dict[str, Any], source: dict[str, Any]) -> dict[str, Any
             out[key] = source[key]
         else:
             out.pop(key, None)
-    if source.get("machine_id"):  # the machine it was registered on
-        out["machine_id"] = source["machine_id"]
+    for key in ("machine_id", cfgmod.ENROLLED_TOKEN_KEY):  # recorded with the identity
+        if source.get(key):
+            out[key] = source[key]
     out.pop("registration_token", None)
     return out
 
@@ -501,10 +507,10 @@ def perform(client: Client, paths: Paths, token: str, cfg: dict[str, Any],
     # test-only (inert on a production root): a kill -9 right after the server's answer
     crash_point(paths, "register", "answered")
     try:
-        new = _save(paths, cfg, lambda base: apply_registration(base, answer, machine_id),
+        new = _save(paths, cfg, lambda base: apply_registration(base, answer, machine_id, token),
                     shield)
     except (OSError, cfgmod.ConfigError) as exc:
-        unsaved = apply_registration(cfg, answer, machine_id)
+        unsaved = apply_registration(cfg, answer, machine_id, token)
         _note_agent_id(paths, record, str(unsaved["agent_id"]), log)
         raise IdentityUnsaved(unsaved, paths, exc) from None
     log.info("registered with %s as agent %s", client.base, new["agent_id"])

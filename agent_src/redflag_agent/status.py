@@ -24,7 +24,7 @@ REPORT_KEYS = (
 )
 # the machine binding (CONTRACT 4b): this host's machine ID and the identity's
 MACHINE_KEYS = ("machine_id", "machine_id_source", "identity_machine_id",
-                "identity_on_this_machine")
+                "identity_on_this_machine", "enrolled_token_sha256")
 REPORT_KEYS += MACHINE_KEYS
 
 
@@ -167,6 +167,8 @@ def report(paths: Paths, log: logging.Logger) -> dict[str, Any]:
     holder = {"current": cfg, "legacy": legacy}.get(choice.source or "") or {}
     recorded = holder.get("machine_id") if out["registered"] else None
     out.update(_machine(paths, out["registered"], recorded, log))
+    # the role's evidence for one-shot re-enrollment (a fingerprint, never the token)
+    out["enrolled_token_sha256"] = holder.get(cfgmod.ENROLLED_TOKEN_KEY)  # {} unregistered
     return out
 
 

@@ -137,18 +137,54 @@ def test_not_installed_in_check_mode_would_create(config_module):
 
 
 @pytest.mark.parametrize(
-    ("registered", "force", "token", "expected"),
+    ("given", "expected"),
     [
-        (False, False, True, (True, True, False)),
-        (False, False, False, (True, False, False)),
-        (True, False, True, (False, False, False)),
-        (True, False, False, (False, False, False)),
-        (True, True, True, (True, True, True)),
-        (False, True, True, (True, True, True)),
+        ((False, False, True, False), (True, True, False, False)),
+        ((False, False, False, False), (True, False, False, False)),
+        ((True, False, True, False), (False, False, False, False)),
+        ((True, False, False, False), (False, False, False, False)),
+        # forced: the registered identity is replaced (unregistered first)
+        ((True, True, True, False), (True, True, True, True)),
+        ((False, True, True, False), (True, True, True, False)),
+        # one-shot: already enrolled with this very token, so forcing again changes nothing
+        ((True, True, True, True), (False, False, False, False)),
+        ((True, False, True, True), (False, False, False, False)),
+        # not registered (e.g. that enrollment was set aside): enroll again
+        ((False, True, True, True), (True, True, True, False)),
+        ((False, False, True, True), (True, True, False, False)),
     ],
 )
-def test_decide_enrollment(config_module, registered, force, token, expected):
-    assert tuple(config_module.decide_enrollment(registered, force, token)) == expected
+def test_decide_enrollment(config_module, given, expected):
+    """given: registered, force_reregister, token given, enrolled with this token."""
+    got = config_module.decide_enrollment(*given)
+    assert tuple(got) == expected
+
+
+def test_token_fingerprint_is_the_agents(config_module):
+    from redflag_agent.registration import token_fingerprint
+
+    for token in ("t", "tok-e2e-7f3a9c", "ü" * 80):
+        assert config_module.token_fingerprint(token) == token_fingerprint(token)
+        assert token not in config_module.token_fingerprint(token)
+
+
+@pytest.mark.parametrize(
+    ("status", "token", "expected"),
+    [
+        ({"enrolled_token_sha256": "9a6f6e0f1d3e"}, "x", False),
+        ({}, "x", False),
+        ({"enrolled_token_sha256": None}, "x", False),
+        ({"enrolled_token_sha256": ""}, "", False),
+    ],
+)
+def test_enrolled_with(config_module, status, token, expected):
+    assert config_module.enrolled_with(status, token) is expected
+
+
+def test_enrolled_with_matches_the_recorded_fingerprint(config_module):
+    fp = config_module.token_fingerprint("tok")
+    assert config_module.enrolled_with({"enrolled_token_sha256": fp}, "tok") is True
+    assert config_module.enrolled_with({"enrolled_token_sha256": fp}, "tok2") is False
 
 
 @pytest.mark.parametrize(

@@ -110,12 +110,12 @@ def test_reregister_without_token_is_refused(pyz, root):
     assert result["failed"] is True and "needs a registration token" in result["msg"]
 
 
-def registered(root: Path) -> Path:
+def registered(root: Path, **extra) -> Path:
     config = root / "etc" / "redflag-agent" / "config.json"
     config.write_text(
         json.dumps(
             {"version": "6", "server_url": "http://127.0.0.1:9", "agent_id": "a-1",
-             "token": "jwt", "refresh_token": "r-1"}
+             "token": "jwt", "refresh_token": "r-1", **extra}
         )
     )  # fmt: skip
     config.chmod(0o600)
@@ -134,6 +134,40 @@ def test_force_reregister_embeds_the_token_and_drops_the_identity(pyz, root):
     config = registered(root)
     result = run_module(root, args(pyz, registration_token=TOKEN, force_reregister=True))
     assert (result["enroll"], result["token_embedded"], result["changed"]) == (True, True, True)
+    saved = json.loads(config.read_text())
+    assert saved["registration_token"] == TOKEN and not saved.get("agent_id")
+
+
+def test_forced_reenrollment_is_one_shot(pyz, root):
+    """Enrolled with this very token (the agent's recorded fingerprint): force_reregister
+    left in the inventory changes nothing, and nothing is unregistered."""
+    from redflag_agent.registration import token_fingerprint
+
+    config = registered(root, enrolled_token_sha256=token_fingerprint(TOKEN))
+    run_module(root, args(pyz, registration_token=TOKEN))  # the settings, as a first run
+    before = config.read_bytes()
+    result = run_module(root, args(pyz, registration_token=TOKEN, force_reregister=True))
+    assert (result["enroll"], result["token_embedded"], result["changed"]) == (False, False, False)
+    assert result["unregistered"] == {} and not result.get("warnings")
+    assert config.read_bytes() == before
+
+
+def test_forced_reenrollment_unregisters_and_keeps_a_backup(pyz, root):
+    """Another token than the last enrollment's: the replaced identity is unregistered
+    first; the server (port 9) cannot be reached, so that is a warning, and the identity is
+    kept in the agent's backup."""
+    from redflag_agent.registration import token_fingerprint
+
+    config = registered(root, enrolled_token_sha256=token_fingerprint("an older token"))
+    result = run_module(root, args(pyz, registration_token=TOKEN, force_reregister=True))
+    assert (result["enroll"], result["token_embedded"], result["changed"]) == (True, True, True)
+    warning = json.dumps(result.get("warnings", []))
+    assert "could not unregister the replaced agent a-1" in warning, result
+    assert "Delete agent a-1 on the server" in warning
+    backups = list((root / "var/lib/redflag-agent/identity_backups").glob("*-a-1.json"))
+    assert len(backups) == 1
+    kept = json.loads(backups[0].read_text())
+    assert (kept["agent_id"], kept["refresh_token"]) == ("a-1", "r-1")
     saved = json.loads(config.read_text())
     assert saved["registration_token"] == TOKEN and not saved.get("agent_id")
 

@@ -77,8 +77,14 @@ token_embedded:
   description: The registration token was handed to config apply.
   type: bool
   returned: always
+unregistered:
+  description: The agent's answer to C(unregister --json) when a forced re-enrollment replaced
+    a registered identity (agent_id, server_knew, backup); empty otherwise.
+  type: dict
+  returned: always
 """
 
+import hashlib
 import json
 import os
 import re
@@ -97,14 +103,37 @@ class Enrollment(NamedTuple):
     enroll: bool  # the host should (re-)register
     embed_token: bool  # the token goes into config.json
     reregister: bool  # the agent drops its identity first
+    replaces: bool = False  # a registered identity is replaced: unregister it first
 
 
-def decide_enrollment(registered: bool, force_reregister: bool, token_given: bool) -> Enrollment:
+def decide_enrollment(registered: bool, force_reregister: bool, token_given: bool,
+                      enrolled_with_this_token: bool = False) -> Enrollment:
     """THE enrollment decision: enroll when the agent says it is not registered, or when
     the operator forces it. The token is embedded only then, so a registered host never
-    gets a token written again (and never re-registers by accident)."""
-    enroll = bool(force_reregister) or not registered
-    return Enrollment(enroll, enroll and token_given, bool(force_reregister) and token_given)
+    gets a token written again (and never re-registers by accident). Forcing is one-shot:
+    an identity the agent enrolled with this very token (its recorded fingerprint) is not
+    replaced again, so force_reregister left in the inventory changes nothing."""
+    forced = bool(force_reregister) and not (registered and enrolled_with_this_token)
+    enroll = forced or not registered
+    reregister = forced and token_given
+    return Enrollment(enroll, enroll and token_given, reregister, reregister and registered)
+
+
+def token_fingerprint(token: str) -> str:
+    """The agent's own fingerprint (registration.token_fingerprint): tells tokens apart,
+    useless to anyone who wants the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
+
+
+def enrolled_with(status: dict[str, Any], token: str) -> bool:
+    recorded = status.get("enrolled_token_sha256")
+    return bool(token) and isinstance(recorded, str) and recorded == token_fingerprint(token)
+
+
+def unregister_warning(agent_id: Any, rc: int, detail: str) -> str:
+    return (f"could not unregister the replaced agent {agent_id} on the server (exit {rc}: "
+            f"{detail or 'no output'}); re-enrolling anyway. Delete agent {agent_id} on the "
+            "server by hand; its identity is kept under /var/lib/redflag-agent/identity_backups")
 
 
 _LOG_PREFIX = re.compile(r"^\[ERROR\] \[[^\]]*\] ")
@@ -226,6 +255,15 @@ class Agent:
         rc, out, err = self.call(["status", "--json"])
         return parse_json_answer("status --json", rc, out, err)
 
+    def unregister(self) -> tuple[dict[str, Any], int, str]:
+        """Unregister the identity being replaced (the agent keeps a backup first); a
+        warning, not a failure, when the server cannot be reached or refuses."""
+        rc, out, err = self.call(["unregister", "--json"])
+        try:
+            return parse_json_answer("unregister", rc, out, err), rc, ""
+        except ApplyError:
+            return {}, rc, agent_error(err) or (err or out or "").strip()[:600]
+
     def migrate(self, dry_run: bool) -> list[str]:
         args = ["migrate"] + (["--dry-run"] if dry_run else []) + ["--json"]
         rc, out, err = self.call(args)
@@ -268,6 +306,7 @@ def main() -> None:
         )
     agent = Agent(module)
     migrated: list[str] = []
+    unregistered: dict[str, Any] = {}
     try:
         status = agent.status()
         if status.get("migrations_pending"):
@@ -275,8 +314,13 @@ def main() -> None:
             if migrated and not module.check_mode:
                 status = agent.status()
         decision = decide_enrollment(
-            bool(status.get("registered")), params["force_reregister"], bool(token)
+            bool(status.get("registered")), params["force_reregister"], bool(token),
+            enrolled_with(status, token),
         )
+        if decision.replaces and not module.check_mode:
+            unregistered, rc, why = agent.unregister()
+            if why:
+                module.warn(unregister_warning(status.get("agent_id"), rc, why))
         payload = build_payload(
             params["settings"], token if decision.embed_token else "", decision.reregister
         )
@@ -291,6 +335,7 @@ def main() -> None:
         status=status,
         enroll=decision.enroll,
         token_embedded=decision.embed_token,
+        unregistered=unregistered,
     )
     if module._diff and agent_diff:
         result["diff"] = {"prepared": agent_diff}
