@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -45,18 +46,20 @@ def _identity(host) -> dict:
 
 
 def _upstream_processes(host) -> list[str]:
-    """Command lines of processes running the upstream binary (read from /proc)."""
+    """Command lines of processes running an upstream binary (read from /proc)."""
+    # The names are put together at run time, so this script's own command line never matches.
     script = (
         "import os\n"
+        "names = ['/usr/local/bin/' + n for n in ('redflag-agent', 'redflag-helper')]\n"
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try:\n"
-        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(bytes(1), b' ').decode()\n"
         "    except OSError:\n"
         "        continue\n"
-        f"    if '{AGENT_BIN}' in cmd or '{HELPER}' in cmd:\n"
+        "    if any(n in cmd for n in names):\n"
         "        print(cmd)\n"
     )
-    out = rfcheck.run_ok(host, "python3 -c " + json.dumps(script))
+    out = rfcheck.run_ok(host, "python3 -c " + shlex.quote(script))
     return [line for line in out.splitlines() if line.strip()]
 
 
