@@ -1,0 +1,590 @@
+#!/usr/bin/python
+"""Ansible module: take over the upstream RedFlag agent's OS pieces before ours goes down.
+
+Upstream's agent (CONTRACT section 2) runs under the same unit name, `redflag-agent.service`,
+from a Go binary in /usr/local/bin, with a sudoers file (0.1.x: `apt-get install -y *`, a root
+shell for the agent user), and in 0.2.x a root helper, a polkit rule and the group
+`redflag-local`. This module stops and disables that unit, copies every upstream file into a
+root-only backup and removes it from its place, and deletes the group when no one but the agent
+user is in it. The agent's own files (config, state, the loop's litter) are the agent's job.
+
+`plan()` decides from what was found (pure, table-tested in tests/role); the rest is thin I/O.
+Nothing is followed: each file is lstat'ed, opened with O_NOFOLLOW, checked to be the same
+regular file, copied, and only then unlinked. A symlink or anything else is left alone and
+reported.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: redflag_agent_takeover
+short_description: Stop the upstream RedFlag agent and set its OS pieces aside
+description:
+  - Stops and disables I(unit) when it is upstream's (its unit file, or the loaded unit, runs
+    something other than I(pyz)).
+  - Moves upstream's binaries, sudoers files, polkit rules and unit files (those not running
+    I(pyz)) into a new root-only directory under I(backup_root), with a C(manifest.json).
+  - Deletes I(group) when it exists and has no member other than I(agent_user) and is no
+    user's primary group.
+  - Never follows a symlink; a symlink or a non-regular file is left alone and reported.
+  - Supports check mode (reports what it would do) and diff mode (the upstream pieces).
+options:
+  unit:
+    description: The unit upstream and this agent share.
+    type: str
+    default: redflag-agent.service
+  unit_paths:
+    description: Where an upstream unit file may lie.
+    type: list
+    elements: path
+    default: [/etc/systemd/system/redflag-agent.service]
+  pyz:
+    description: This agent's zipapp; a unit whose ExecStart runs it is ours.
+    type: path
+    required: true
+  binaries:
+    description: Upstream binaries to move into the backup.
+    type: list
+    elements: path
+    default: [/usr/local/bin/redflag-agent, /usr/local/bin/redflag-helper]
+  sudoers:
+    description: Upstream sudoers files to remove (kept in the backup).
+    type: list
+    elements: path
+    default: [/etc/sudoers.d/redflag-agent]
+  polkit_rules:
+    description: Upstream polkit rules to remove (kept in the backup).
+    type: list
+    elements: path
+    default: [/etc/polkit-1/rules.d/50-redflag-agent.rules]
+  group:
+    description: Upstream's local API group, deleted when only I(agent_user) is in it.
+    type: str
+    default: redflag-local
+  agent_user:
+    description: The agent's service user (its membership in I(group) does not keep the group).
+    type: str
+    default: redflag-agent
+  backup_root:
+    description: Root-only directory that holds one timestamped directory per takeover.
+    type: path
+    default: /var/lib/redflag-agent-takeover
+"""
+
+RETURN = r"""
+changes:
+  description: One line per action taken (or, in check mode, that would be taken).
+  type: list
+  elements: str
+  returned: always
+summary:
+  description: The per-host report fragment naming every piece, empty when nothing was found.
+  type: str
+  returned: always
+backup_dir:
+  description: The backup directory of this run (the one it would create in check mode), or null.
+  type: str
+  returned: always
+left_alone:
+  description: Upstream-looking pieces that were not touched, with the reason.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import datetime
+import grp
+import json
+import os
+import pwd
+import stat
+from typing import Any, NamedTuple, Optional
+
+from ansible.module_utils.basic import AnsibleModule
+
+MAX_UNIT_BYTES = 1 << 20
+CHUNK = 1 << 20
+RUNNING = ("active", "activating", "reloading", "deactivating")
+SHOW_PROPS = ("LoadState", "ActiveState", "UnitFileState", "ExecStart")
+
+# What each kind of piece is, for the report; why it goes.
+KINDS = {
+    "binary": "binary",
+    "sudoers": "sudoers file",
+    "polkit": "polkit rule",
+    "unit": "unit file",
+}
+
+
+class Piece(NamedTuple):
+    kind: str  # binary | sudoers | polkit | unit
+    path: str
+    found: str  # file | symlink | directory | other | absent
+    ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino): /lib and /usr/lib may be one file
+    ours: bool = False  # unit files only: its ExecStart runs our zipapp
+
+
+class Loaded(NamedTuple):
+    load_state: str = ""
+    active_state: str = ""
+    unit_file_state: str = ""
+    exec_start: str = ""
+
+
+class Group(NamedTuple):
+    name: str
+    exists: bool
+    gid: Optional[int] = None
+    members: tuple[str, ...] = ()
+    primary_of: tuple[str, ...] = ()
+
+
+class Action(NamedTuple):
+    op: str  # stop | disable | move | groupdel
+    target: str  # unit, path or group name
+    kind: str  # service | binary | sudoers | polkit | unit | group
+
+
+class Plan(NamedTuple):
+    actions: tuple[Action, ...]
+    left_alone: tuple[str, ...]
+
+    def moves(self) -> list[Action]:
+        return [a for a in self.actions if a.op == "move"]
+
+
+# ---- pure decisions ------------------------------------------------------------------
+
+
+def unit_text_is_ours(text: str, pyz: str) -> bool:
+    """A unit file is ours when an ExecStart= line runs our zipapp (pure)."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("ExecStart=") and pyz in line:
+            return True
+    return False
+
+
+def loaded_is_upstream(loaded: Loaded, pyz: str) -> bool:
+    """systemd has the unit loaded with a command that is not our zipapp (pure)."""
+    return (
+        loaded.load_state == "loaded" and bool(loaded.exec_start) and pyz not in loaded.exec_start
+    )
+
+
+def parse_show(text: str) -> Loaded:
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return Loaded(
+        props.get("LoadState", ""),
+        props.get("ActiveState", ""),
+        props.get("UnitFileState", ""),
+        props.get("ExecStart", ""),
+    )
+
+
+def group_decision(group: Group, agent_user: str) -> tuple[bool, str]:
+    """(delete it, why not) for upstream's group (pure)."""
+    if not group.exists:
+        return False, ""
+    if group.primary_of:
+        return False, f"group {group.name} kept: primary group of {', '.join(group.primary_of)}"
+    others = sorted(set(group.members) - {agent_user})
+    if others:
+        return False, f"group {group.name} kept: members {', '.join(others)}"
+    return True, ""
+
+
+def plan(pieces: list[Piece], loaded: Loaded, group: Group, agent_user: str, pyz: str) -> Plan:
+    """What to do with what was found (pure)."""
+    actions: list[Action] = []
+    left: list[str] = []
+    unit_files = [p for p in pieces if p.kind == "unit" and p.found == "file"]
+    upstream_unit = any(not p.ours for p in unit_files) or loaded_is_upstream(loaded, pyz)
+    if upstream_unit and loaded.load_state == "loaded":
+        if loaded.active_state in RUNNING:
+            actions.append(Action("stop", "", "service"))
+        if loaded.unit_file_state.startswith("enabled"):
+            actions.append(Action("disable", "", "service"))
+    seen: set[tuple[int, int]] = set()
+    for piece in pieces:
+        if piece.found == "absent":
+            continue
+        if piece.found != "file":
+            left.append(
+                f"{piece.path} left alone: a {piece.found}, not a regular file (never followed)"
+            )
+            continue
+        if piece.kind == "unit" and piece.ours:
+            continue
+        if piece.ident != (0, 0):
+            if piece.ident in seen:
+                continue  # the same file under a second name (/lib -> /usr/lib)
+            seen.add(piece.ident)
+        actions.append(Action("move", piece.path, piece.kind))
+    delete, why = group_decision(group, agent_user)
+    if delete:
+        actions.append(Action("groupdel", group.name, "group"))
+    elif why:
+        left.append(why)
+    return Plan(tuple(actions), tuple(left))
+
+
+def backup_name(now: datetime.datetime, existing: set[str]) -> str:
+    """A new directory name: UTC time, with -N when that second is taken (pure)."""
+    base = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name, n = base, 1
+    while name in existing:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def needs_backup(p: Plan) -> bool:
+    return any(a.op in ("move", "groupdel") for a in p.actions)
+
+
+def _join(items: list[str]) -> str:
+    return ", ".join(items)
+
+
+def change_lines(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> list[str]:
+    """One line per action (pure)."""
+    would = "would " if check else ""
+    lines = []
+    for a in p.actions:
+        if a.op in ("stop", "disable"):
+            lines.append(f"{would}{a.op} the upstream {unit}")
+        elif a.op == "move":
+            lines.append(f"{would}move {KINDS[a.kind]} {a.target} to {backup_dir}")
+        else:
+            lines.append(f"{would}delete group {a.target}")
+    return lines
+
+
+def summary(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> str:
+    """The per-host report fragment, every piece by name; '' when nothing was found (pure)."""
+    if not p.actions and not p.left_alone:
+        return ""
+    would = "would " if check else ""
+    ops = {a.op for a in p.actions}
+    parts = []
+    verbs = [(v if check else done) for v, done in (("stop", "stopped"), ("disable", "disabled"))
+             if v in ops]  # fmt: skip
+    if verbs:
+        parts.append(f"{would}{' and '.join(verbs)} the upstream {unit}")
+    binaries = [a.target for a in p.actions if a.op == "move" and a.kind == "binary"]
+    if binaries:
+        parts.append(f"{would}{'move' if check else 'moved'} {_join(binaries)} to {backup_dir}")
+    files = [
+        f"{KINDS[a.kind]} {a.target}"
+        + (" (sudo rights this agent does not need)" if a.kind == "sudoers" else "")
+        for a in p.actions
+        if a.op == "move" and a.kind != "binary"
+    ]
+    removed = [f"{_join(files)} (copies in {backup_dir})"] if files else []
+    removed += [f"group {a.target}" for a in p.actions if a.op == "groupdel"]
+    if removed:
+        parts.append(f"{would}{'remove' if check else 'removed'} {_join(removed)}")
+    parts += list(p.left_alone)
+    head = "would take over the upstream agent: " if check else "upstream agent taken over: "
+    if not p.actions:
+        head = "upstream agent: "
+    return head + "; ".join(parts)
+
+
+def manifest(
+    p: Plan, unit: str, loaded: Loaded, group: Group, files: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """What the backup holds and how to put it back (pure)."""
+    return {
+        "format": 1,
+        "unit": {
+            "name": unit,
+            "was_active": loaded.active_state in RUNNING,
+            "was_enabled": loaded.unit_file_state.startswith("enabled"),
+            "exec_start": loaded.exec_start,
+        },
+        "files": [files[a.target] for a in p.actions if a.op == "move" and a.target in files],
+        "group": (
+            {"name": group.name, "gid": group.gid, "members": list(group.members)}
+            if any(a.op == "groupdel" for a in p.actions)
+            else None
+        ),
+        "restore": (
+            "stop this agent (systemctl disable --now " + unit + "), copy files/ back to / "
+            "(cp -a files/. /), recreate the group with its gid and members if listed, then "
+            "systemctl daemon-reload and enable --now " + unit
+        ),
+    }
+
+
+def diff_text(pieces: list[Piece], group: Group, p: Plan, after: bool) -> str:
+    gone = {a.target for a in p.actions if a.op in ("move", "groupdel")}
+    lines = [
+        f"{piece.path} ({piece.found})"
+        for piece in pieces
+        if piece.found != "absent"
+        and not (piece.kind == "unit" and piece.ours)
+        and not (after and piece.path in gone)
+    ]
+    if group.exists and not (after and group.name in gone):
+        lines.append(f"group {group.name} (members: {', '.join(group.members) or 'none'})")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# ---- I/O -----------------------------------------------------------------------------
+
+
+def lstat_kind(path: str) -> tuple[str, tuple[int, int]]:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "absent", (0, 0)
+    except NotADirectoryError:
+        return "absent", (0, 0)
+    if stat.S_ISLNK(st.st_mode):
+        kind = "symlink"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "directory"
+    else:
+        kind = "other"
+    return kind, (st.st_dev, st.st_ino)
+
+
+def open_regular(path: str, ident: tuple[int, int]) -> tuple[int, os.stat_result]:
+    """Open a regular file without following a symlink; it must still be the file lstat saw."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+        os.close(fd)
+        raise OSError(f"{path} changed while it was being read (not the regular file found)")
+    return fd, st
+
+
+def read_unit(path: str, ident: tuple[int, int]) -> str:
+    fd, _st = open_regular(path, ident)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(MAX_UNIT_BYTES).decode("utf-8", "replace")
+
+
+def find_pieces(params: dict[str, Any]) -> list[Piece]:
+    pieces = []
+    for kind, key in (("unit", "unit_paths"), ("binary", "binaries"), ("sudoers", "sudoers"),
+                      ("polkit", "polkit_rules")):  # fmt: skip
+        for path in params[key]:
+            found, ident = lstat_kind(path)
+            ours = False
+            if kind == "unit" and found == "file":
+                ours = unit_text_is_ours(read_unit(path, ident), params["pyz"])
+            pieces.append(Piece(kind, path, found, ident, ours))
+    return pieces
+
+
+def find_group(name: str) -> Group:
+    try:
+        entry = grp.getgrnam(name)
+    except KeyError:
+        return Group(name, False)
+    primary = tuple(sorted(u.pw_name for u in pwd.getpwall() if u.pw_gid == entry.gr_gid))
+    return Group(name, True, entry.gr_gid, tuple(entry.gr_mem), primary)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Takeover:
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.p = module.params
+        self.done: list[str] = []
+
+    def fail(self, msg: str) -> None:
+        self.module.fail_json(msg=msg, changes=self.done)
+
+    def systemctl(self, *args: str) -> None:
+        rc, out, err = self.module.run_command(["systemctl", *args])
+        if rc != 0:
+            self.fail(f"systemctl {' '.join(args)} failed (exit {rc}): {(err or out).strip()}")
+
+    def loaded(self) -> Loaded:
+        argv = ["systemctl", "show", self.p["unit"]] + [f"--property={n}" for n in SHOW_PROPS]
+        rc, out, _err = self.module.run_command(argv)
+        return parse_show(out) if rc == 0 else Loaded()
+
+    def backup_root(self) -> None:
+        """Create it root:root 0700, or check that it is a root-only real directory."""
+        root = self.p["backup_root"]
+        try:
+            st = os.lstat(root)
+        except FileNotFoundError:
+            os.mkdir(root, 0o700)
+            os.chmod(root, 0o700)
+            return
+        # Root's own (the caller's, so the tests can run it unprivileged too).
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            self.fail(
+                f"{root} is not a root-only directory (owner uid {st.st_uid}, mode "
+                f"{stat.filemode(st.st_mode)}); the takeover keeps upstream's files there. "
+                f"Move it away (or make it a root:root 0700 directory) and re-run."
+            )
+
+    def copy_into(self, backup: str, path: str, ident: tuple[int, int]) -> dict[str, Any]:
+        """Copy a regular file into backup/files/<path>; owner, mode and mtime kept."""
+        dest = os.path.join(backup, "files", path.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        src, st = open_regular(path, ident)
+        try:
+            out = os.open(
+                dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                while True:
+                    chunk = os.read(src, CHUNK)
+                    if not chunk:
+                        break
+                    os.write(out, chunk)
+                os.fchown(out, st.st_uid, st.st_gid)
+                os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)  # no setuid in a backup
+                os.fsync(out)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        return {"path": path, "stored": "files" + path, "uid": st.st_uid, "gid": st.st_gid,
+                "mode": oct(stat.S_IMODE(st.st_mode)), "size": st.st_size}  # fmt: skip
+
+    def unlink_same(self, path: str, ident: tuple[int, int]) -> None:
+        kind, now = lstat_kind(path)
+        if kind != "file" or now != ident:
+            self.fail(
+                f"{path} changed during the takeover (now a {kind}); it was not removed; re-run"
+            )
+        os.unlink(path)
+
+    def run(self, p: Plan, pieces: list[Piece], loaded: Loaded, group: Group, backup: str) -> None:
+        unit = self.p["unit"]
+        for a in p.actions:
+            if a.op in ("stop", "disable"):
+                self.systemctl(a.op, unit)
+                self.done.append(f"{a.op} the upstream {unit}")
+        if not needs_backup(p):
+            return
+        self.backup_root()
+        os.mkdir(backup, 0o700)
+        idents = {piece.path: piece.ident for piece in pieces}
+        files: dict[str, dict[str, Any]] = {}
+        # Everything is copied and the manifest written before anything is removed.
+        for a in p.moves():
+            try:
+                files[a.target] = self.copy_into(backup, a.target, idents[a.target])
+            except OSError as exc:
+                self.fail(f"could not copy {a.target} into {backup}: {exc}; nothing was removed")
+        data = json.dumps(manifest(p, unit, loaded, group, files), indent=2) + "\n"
+        fd = os.open(
+            os.path.join(backup, "manifest.json"),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+            0o600,
+        )
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_dir(backup)
+        unit_moved = False
+        for a in p.moves():
+            self.unlink_same(a.target, idents[a.target])
+            self.done.append(f"{a.target} moved to {backup}")
+            unit_moved = unit_moved or a.kind == "unit"
+        for a in p.actions:
+            if a.op == "groupdel":
+                rc, out, err = self.module.run_command(["groupdel", a.target])
+                if rc != 0:
+                    self.fail(f"groupdel {a.target} failed (exit {rc}): {(err or out).strip()}")
+                self.done.append(f"group {a.target} deleted")
+        if unit_moved:
+            self.systemctl("daemon-reload")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "unit": {"type": "str", "default": "redflag-agent.service"},
+            "unit_paths": {
+                "type": "list",
+                "elements": "path",
+                "default": ["/etc/systemd/system/redflag-agent.service"],
+            },
+            "pyz": {"type": "path", "required": True},
+            "binaries": {
+                "type": "list",
+                "elements": "path",
+                "default": ["/usr/local/bin/redflag-agent", "/usr/local/bin/redflag-helper"],
+            },
+            "sudoers": {
+                "type": "list",
+                "elements": "path",
+                "default": ["/etc/sudoers.d/redflag-agent"],
+            },
+            "polkit_rules": {
+                "type": "list",
+                "elements": "path",
+                "default": ["/etc/polkit-1/rules.d/50-redflag-agent.rules"],
+            },
+            "group": {"type": "str", "default": "redflag-local"},
+            "agent_user": {"type": "str", "default": "redflag-agent"},
+            "backup_root": {"type": "path", "default": "/var/lib/redflag-agent-takeover"},
+        },
+        supports_check_mode=True,
+    )
+    module.exit_json(**takeover(module))
+
+
+def takeover(module: Any) -> dict[str, Any]:
+    """Find, decide, act (unless check mode); the module's result."""
+    params = module.params
+    work = Takeover(module)
+    try:
+        pieces = find_pieces(params)
+    except OSError as exc:
+        module.fail_json(msg=f"could not read an upstream unit file: {exc}", changes=[])
+    loaded = work.loaded()
+    group = find_group(params["group"])
+    decided = plan(pieces, loaded, group, params["agent_user"], params["pyz"])
+    backup = None
+    if needs_backup(decided):
+        root = params["backup_root"]
+        existing = (
+            set(os.listdir(root)) if os.path.isdir(root) and not os.path.islink(root) else set()
+        )
+        backup = os.path.join(
+            root, backup_name(datetime.datetime.now(datetime.timezone.utc), existing)
+        )
+    if not module.check_mode:
+        work.run(decided, pieces, loaded, group, backup or "")
+    result: dict[str, Any] = {
+        "changed": bool(decided.actions),
+        "changes": change_lines(decided, params["unit"], backup, module.check_mode),
+        "summary": summary(decided, params["unit"], backup, module.check_mode),
+        "backup_dir": backup,
+        "left_alone": list(decided.left_alone),
+    }
+    if module._diff and decided.actions:
+        result["diff"] = {
+            "before_header": "upstream agent pieces",
+            "after_header": "upstream agent pieces",
+            "before": diff_text(pieces, group, decided, after=False),
+            "after": diff_text(pieces, group, decided, after=True),
+        }
+    return result
+
+
+if __name__ == "__main__":
+    main()
