@@ -301,10 +301,11 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
 
 
 # --- config apply ------------------------------------------------------------------------
-APPLY_KEYS = {"settings", "registration_token", "reregister"}
+APPLY_KEYS = {"settings", "registration_token", "reregister", "forget_identity"}
 
 
-APPLY_SHAPE = '{"settings": {...}, "registration_token": ..., "reregister": false}'
+APPLY_SHAPE = ('{"settings": {...}, "registration_token": ..., "reregister": false, '
+               '"forget_identity": false}')
 
 
 def read_apply_input(stream: Any) -> str:
@@ -320,7 +321,7 @@ def read_apply_input(stream: Any) -> str:
                                  f"{exc.start}); expected {APPLY_SHAPE}") from None
 
 
-def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool]:
+def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool, bool]:
     try:
         obj = cfgmod.loads_json(data, "config apply: stdin")
     except ValueError as exc:
@@ -339,7 +340,10 @@ def parse_apply_input(data: str) -> tuple[dict[str, Any], Optional[str], bool]:
     reregister = obj.get("reregister", False)
     if not isinstance(reregister, bool):
         raise cfgmod.ConfigError("config apply: 'reregister' must be true or false")
-    return settings, token, reregister
+    forget = obj.get("forget_identity", False)
+    if not isinstance(forget, bool):
+        raise cfgmod.ConfigError("config apply: 'forget_identity' must be true or false")
+    return settings, token, reregister, forget
 
 
 def config_diff(old: Optional[dict[str, Any]], new: dict[str, Any], path: str) -> str:
@@ -379,15 +383,18 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
     current: Optional[dict[str, Any]] = None
     writing = False
     try:
-        settings, token, reregister = parse_apply_input(read_apply_input(sys.stdin.buffer))
+        settings, token, reregister, forget = parse_apply_input(
+            read_apply_input(sys.stdin.buffer))
         with cfgmod.config_lock(paths):
             current = cfgmod.read_config(paths.config_file)
-            new = cfgmod.merge_desired(current, settings, token, reregister)
+            new = cfgmod.merge_desired(current, settings, token, reregister, forget)
             changed = current != new
             if changed and not args.check:
+                if forget and any((current or {}).get(k) for k in cfgmod.IDENTITY_KEYS):
+                    _keep_identity(paths, current, log)
                 writing = True
                 cfgmod.save_config(paths, new)
-        if reregister and changed and not args.check:
+        if (reregister or forget) and changed and not args.check:
             _forget_attempt(paths, log)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
@@ -412,6 +419,15 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
         print(f"{paths.config_file}: {verb}{'create' if current is None else 'change'} "
               f"({', '.join(result['changed_keys'])})\n{result['diff']}", end="")
     return EX_OK
+
+
+def _keep_identity(paths: Paths, cfg: Any, log: Any) -> None:
+    """Before forget_identity drops it: the identity goes to a backup (raises OSError or
+    ConfigError, and then nothing is dropped)."""
+    from . import binding  # noqa: PLC0415
+
+    target = binding.write_backup(paths, cfg, binding.host_machine_id(paths), "image")
+    log.info("kept agent %s in %s before forgetting it", cfg.get("agent_id"), target)
 
 
 def _forget_attempt(paths: Paths, log: Any) -> None:

@@ -31,6 +31,8 @@ IDENTITY_KEYS = ("agent_id", "token", "refresh_token")
 ENROLLED_TOKEN_KEY = "enrolled_token_sha256"  # noqa: S105 - a key name, not a secret
 AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registration_token",
                     "machine_id", ENROLLED_TOKEN_KEY)
+# what forget_identity drops: the identity, the token and the machine it was bound to
+FORGET_KEYS = (*IDENTITY_KEYS, "registration_token", "machine_id", ENROLLED_TOKEN_KEY)
 REDACTED = "********"
 DEFAULT_CHECK_IN_INTERVAL = 300
 
@@ -472,8 +474,12 @@ def redacted(cfg: Any) -> Any:
 
 
 def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
-                  registration_token: Optional[str], reregister: bool) -> dict[str, Any]:
-    """Pure: the config after `config apply`. See docs/INTERFACES.md."""
+                  registration_token: Optional[str], reregister: bool,
+                  forget_identity: bool = False) -> dict[str, Any]:
+    """Pure: the config after `config apply`. See docs/INTERFACES.md.
+
+    forget_identity (a golden image): no identity, no token, no machine binding is left,
+    so every clone of the image enrolls as a new agent."""
     if not isinstance(settings, dict):
         raise ConfigError("config apply: 'settings' must be a JSON object")
     owned = [k for k in settings if k in AGENT_OWNED_KEYS]
@@ -485,6 +491,9 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
                                            or not registration_token.strip()):
         raise ConfigError("config apply: 'registration_token' must be a non-empty string "
                           "(omit it when the host does not need to enroll)")
+    if forget_identity and registration_token is not None:
+        raise ConfigError("config apply: 'forget_identity' and 'registration_token' exclude "
+                          "each other (an image holds no token); drop one of them")
     if current is not None:
         refuse_newer_schema(current, "the current config")
     base = upgrade_to_current(current) if current is not None else {
@@ -496,6 +505,9 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
             base[key] = copy.deepcopy(value)
     if reregister:
         for key in IDENTITY_KEYS:
+            base.pop(key, None)
+    if forget_identity:
+        for key in FORGET_KEYS:
             base.pop(key, None)
     if registration_token is not None:
         base["registration_token"] = registration_token

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-OK_STATES = ("registered", "unverified", "absent")
+OK_STATES = ("registered", "unverified", "absent", "image")
 WAITING = "waiting-for-token"
 NO_OUTCOME = "no outcome recorded (the host failed or was unreachable before the role finished)"
 

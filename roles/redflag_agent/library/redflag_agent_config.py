@@ -44,6 +44,14 @@ options:
     description: Enroll even when registered (drops the agent identity; needs a token).
     type: bool
     default: false
+  forget_identity:
+    description:
+      - A golden image - apply the settings but leave no identity, token or machine binding
+        (C(config apply) with C(forget_identity)). A registered identity is unregistered on the
+        server first (a warning when that fails) and kept in the agent's identity_backups.
+      - Never enrolls; I(registration_token) and I(force_reregister) must be unset.
+    type: bool
+    default: false
 """
 
 RETURN = r"""
@@ -130,9 +138,10 @@ def enrolled_with(status: dict[str, Any], token: str) -> bool:
     return bool(token) and isinstance(recorded, str) and recorded == token_fingerprint(token)
 
 
-def unregister_warning(agent_id: Any, rc: int, detail: str) -> str:
+def unregister_warning(agent_id: Any, rc: int, detail: str,
+                       then: str = "re-enrolling anyway") -> str:
     return (f"could not unregister the replaced agent {agent_id} on the server (exit {rc}: "
-            f"{detail or 'no output'}); re-enrolling anyway. Delete agent {agent_id} on the "
+            f"{detail or 'no output'}); {then}. Delete agent {agent_id} on the "
             "server by hand; its identity is kept under /var/lib/redflag-agent/identity_backups")
 
 
@@ -161,11 +170,14 @@ def parse_json_answer(what: str, rc: int, stdout: str, stderr: str) -> dict[str,
     return answer
 
 
-def build_payload(settings: dict[str, Any], registration_token: str, reregister: bool) -> str:
+def build_payload(settings: dict[str, Any], registration_token: str, reregister: bool,
+                  forget_identity: bool = False) -> str:
     """The JSON document `config apply` reads on stdin; the token only when given."""
     doc: dict[str, Any] = {"settings": settings, "reregister": bool(reregister)}
     if registration_token:
         doc["registration_token"] = registration_token
+    if forget_identity:
+        doc["forget_identity"] = True
     return json.dumps(doc, sort_keys=True)
 
 
@@ -282,11 +294,18 @@ def main() -> None:
             "settings": {"type": "dict", "required": True},
             "registration_token": {"type": "str", "default": "", "no_log": True},
             "force_reregister": {"type": "bool", "default": False},
+            "forget_identity": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
     params = module.params
     token = params["registration_token"] or ""
+    forget = params["forget_identity"]
+    if forget and (token or params["force_reregister"]):
+        module.fail_json(
+            msg="forget_identity (a golden image) enrolls nothing: leave registration_token "
+            "and force_reregister unset"
+        )
     if params["force_reregister"] and not token:
         module.fail_json(
             msg="force_reregister needs a registration token (it drops the agent's identity); "
@@ -297,7 +316,7 @@ def main() -> None:
             decision = decide_enrollment(False, params["force_reregister"], bool(token))
             module.exit_json(
                 **not_installed_result(params["pyz"]),
-                enroll=decision.enroll,
+                enroll=decision.enroll and not forget,
                 token_embedded=decision.embed_token,
             )
         module.fail_json(
@@ -317,12 +336,18 @@ def main() -> None:
             bool(status.get("registered")), params["force_reregister"], bool(token),
             enrolled_with(status, token),
         )
+        if forget:
+            # an image enrolls nothing; a registered template leaves the server first
+            decision = Enrollment(False, False, False, bool(status.get("registered")))
         if decision.replaces and not module.check_mode:
             unregistered, rc, why = agent.unregister()
             if why:
-                module.warn(unregister_warning(status.get("agent_id"), rc, why))
+                module.warn(unregister_warning(
+                    status.get("agent_id"), rc, why,
+                    "forgetting it for the image anyway" if forget else "re-enrolling anyway"))
         payload = build_payload(
-            params["settings"], token if decision.embed_token else "", decision.reregister
+            params["settings"], token if decision.embed_token else "", decision.reregister,
+            forget,
         )
         rc, out, err = agent.apply(payload)
         result = interpret(rc, out, err)
