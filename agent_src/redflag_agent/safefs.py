@@ -473,12 +473,7 @@ def _rmtree_at(parent_fd: int, name: str, path: str, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise UnsafePath(path, f"directories nested more than {MAX_DEPTH} levels deep",
                          "a shallow directory tree")
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refused_dir(parent_fd, name, path) from None
-        raise
+    fd = open_subdir(parent_fd, name, path)
     try:
         for entry in os.listdir(fd):
             st = lstat_at(fd, entry)
@@ -559,12 +554,7 @@ def _walk(fd: int, path: str, out: list[tuple[str, os.stat_result]], depth: int)
         if len(out) > MAX_ENTRIES:
             raise UnsafePath(path, f"more than {MAX_ENTRIES} entries", "a small directory tree")
         if stat.S_ISDIR(st.st_mode):
-            try:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _refused_dir(fd, name, child) from None
-                raise
+            sub = open_subdir(fd, name, child)
             try:
                 _walk(sub, child, out, depth + 1)
             finally:
