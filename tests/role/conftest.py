@@ -13,6 +13,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "redflag_agent"
 PLAYBOOKS = REPO / "playbooks"
+# The collection's plugins (the repository root is the collection root).
+MODULES = REPO / "plugins" / "modules"
+FILTERS = REPO / "plugins" / "filter"
 
 
 def load_source(name: str, path: Path) -> ModuleType:
@@ -35,24 +38,24 @@ def load_yaml(path: Path):
 
 @pytest.fixture(scope="session")
 def config_module() -> ModuleType:
-    return load_source("redflag_agent_config", ROLE / "library" / "redflag_agent_config.py")
+    return load_source("redflag_agent_config", MODULES / "redflag_agent_config.py")
 
 
 @pytest.fixture(scope="session")
 def service_module() -> ModuleType:
-    return load_source("redflag_agent_service", ROLE / "library" / "redflag_agent_service.py")
+    return load_source("redflag_agent_service", MODULES / "redflag_agent_service.py")
 
 
 @pytest.fixture(scope="session")
 def fleet_filters() -> ModuleType:
-    return load_source("redflag_fleet", PLAYBOOKS / "filter_plugins" / "redflag_fleet.py")
+    return load_source("redflag_fleet", FILTERS / "redflag_fleet.py")
 
 
 @pytest.fixture(scope="session")
 def host_module() -> ModuleType:
-    return load_source("redflag_agent_host", ROLE / "library" / "redflag_agent_host.py")
+    return load_source("redflag_agent_host", MODULES / "redflag_agent_host.py")
 
 
 @pytest.fixture(scope="session")
 def version_module() -> ModuleType:
-    return load_source("redflag_agent_version", ROLE / "library" / "redflag_agent_version.py")
+    return load_source("redflag_agent_version", MODULES / "redflag_agent_version.py")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ROLE
+from conftest import MODULES, REPO
 
-MODULE = ROLE / "library" / "redflag_agent_config.py"
+MODULE = MODULES / "redflag_agent_config.py"
 TOKEN = "tok-e2e-7f3a9c"  # a fake token: the test checks it never appears in output
 SETTINGS = {
     "server_url": "http://127.0.0.1:9",

@@ -157,8 +157,8 @@ def test_remove_deletes_both_unit_files():
 
 def test_install_passes_the_migration_unit_and_legacy_dirs():
     tasks = yaml.safe_load((ROLE / "tasks" / "install.yml").read_text())
-    (host,) = [t for t in tasks if "redflag_agent_host" in t]
-    args = host["redflag_agent_host"]
+    (host,) = [t for t in tasks if "redflag.agent.redflag_agent_host" in t]
+    args = host["redflag.agent.redflag_agent_host"]
     assert args["migrate_unit_path"] == "{{ redflag_agent__migrate_unit_path }}"
     assert "redflag-agent-migrate.service.j2" in args["migrate_unit_content"]
     assert args["legacy_dirs"] == "{{ redflag_agent__legacy_dirs }}"

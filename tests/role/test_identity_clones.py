@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROLE, load_source
+from conftest import FILTERS, ROLE, load_source
 from redflag_agent.machine_id import machine_id_from
 
-ident = load_source("redflag_identity", ROLE / "filter_plugins" / "redflag_identity.py")
+ident = load_source("redflag_identity", FILTERS / "redflag_identity.py")
 
 A, B = "a" * 64, "b" * 64
 
@@ -104,7 +104,7 @@ def test_redflag_clones_names_the_hosts_and_the_fix():
 def test_clone_check_runs_once_over_every_probed_host_before_install():
     tasks = (ROLE / "tasks" / "clones.yml").read_text()
     assert "run_once: true" in tasks
-    assert "ansible_play_hosts_all | redflag_clones(hostvars)" in tasks
+    assert "ansible_play_hosts_all | redflag.agent.redflag_clones(hostvars)" in tasks
     main = (ROLE / "tasks" / "main.yml").read_text()
     assert main.index("clones.yml") < main.index("install.yml")
     assert re.search(r"clones\.yml\n\s+tags: \[preflight, always\]", main)

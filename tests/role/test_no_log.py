@@ -89,7 +89,7 @@ def test_configure_task_hides_diff():
     task = next(
         t
         for t, _ in _tasks(load_yaml(ROLE / "tasks" / "configure.yml"))
-        if "redflag_agent_config" in t
+        if "redflag.agent.redflag_agent_config" in t
     )
     assert task.get("diff") is False
 

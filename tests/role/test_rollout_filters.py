@@ -1,12 +1,12 @@
-"""site.yml's canary rollout decisions (playbooks/filter_plugins/redflag_rollout.py), as tables."""
+"""site.yml's canary rollout decisions (plugins/filter/redflag_rollout.py), as tables."""
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import PLAYBOOKS, load_source
+from conftest import FILTERS, load_source
 
-R = load_source("redflag_rollout", PLAYBOOKS / "filter_plugins" / "redflag_rollout.py")
+R = load_source("redflag_rollout", FILTERS / "redflag_rollout.py")
 HOSTS = [f"h{i}" for i in range(1, 11)]
 
 
@@ -228,7 +228,7 @@ def test_gate_message_without_rollback_and_on_the_last_batch():
 
 
 def test_a_gate_under_tags_without_the_service_step_counts_reachable_hosts_unverified():
-    fleet = load_source("redflag_fleet", PLAYBOOKS / "filter_plugins" / "redflag_fleet.py")
+    fleet = load_source("redflag_fleet", FILTERS / "redflag_fleet.py")
     hostvars = {"staged": {"redflag_agent__versions": {"switched": True}}, "gone": {}}
     batch = ["staged", "gone"]
     assert [b["host"] for b in fleet.redflag_unhealthy(batch, hostvars)] == ["staged", "gone"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROLE, load_source
+from conftest import MODULES, load_source
 
-tk = load_source("redflag_agent_takeover", ROLE / "library" / "redflag_agent_takeover.py")
+tk = load_source("redflag_agent_takeover", MODULES / "redflag_agent_takeover.py")
 
 PYZ = "/opt/redflag-agent/current/redflag-agent.pyz"
 UNIT = "redflag-agent.service"

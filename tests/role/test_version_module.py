@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROLE
+from conftest import MODULES
 
-MODULE = ROLE / "library" / "redflag_agent_version.py"
+MODULE = MODULES / "redflag_agent_version.py"
 VERSION_RE = r"^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$"
 
 

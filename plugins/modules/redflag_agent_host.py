@@ -22,7 +22,7 @@ description:
   - Reports, without changing them, whether C(opt_dir/version/redflag-agent.pyz) matches
     I(sha256) (root:root 0644), where C(opt_dir/current) points and which versions are installed.
   - Writes the root migration's sandboxed unit (I(migrate_unit_path)) the same way.
-  - Removes legacy directories (I(legacy_dirs)) that are empty: the migration unit's
+  - Removes legacy directories (I(legacy_dirs)) that are empty; the migration unit's
     sandbox cannot remove them itself, so it leaves them empty (never follows a symlink).
   - Supports check mode (reports what would change) and diff mode (the unit files).
 options:
