@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import importlib.util
 import io
+import json
 import marshal
 import os
 import re
@@ -27,12 +28,43 @@ STAMP = "_build_version.py"
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 
 
-def source_version() -> str:
-    text = (HERE / PACKAGE / "version.py").read_text(encoding="utf-8")
+def source_version(src_root: Path = HERE) -> str:
+    text = (src_root / PACKAGE / "version.py").read_text(encoding="utf-8")
     m = re.search(r'^AGENT_VERSION = "([^"]+)"', text, re.MULTILINE)
     if not m:
         raise SystemExit("build_zipapp: cannot find AGENT_VERSION in version.py")
     return m.group(1)
+
+
+def collection_version(root: Path) -> tuple[str, str] | None:
+    """(file, version) of the collection around agent_src, None outside one.
+
+    galaxy.yml in a checkout; an installed collection has MANIFEST.json instead.
+    """
+    galaxy = root / "galaxy.yml"
+    if galaxy.is_file():
+        m = re.search(r"^version:\s*[\"']?([^\"'\s#]+)", galaxy.read_text(encoding="utf-8"),
+                      re.MULTILINE)
+        return ("galaxy.yml", m.group(1) if m else "")
+    manifest = root / "MANIFEST.json"
+    if manifest.is_file():
+        info = json.loads(manifest.read_text(encoding="utf-8")).get("collection_info", {})
+        return ("MANIFEST.json", str(info.get("version", "")))
+    return None
+
+
+def version_mismatch(src_root: Path = HERE) -> str | None:
+    """galaxy.yml's version is the one source; version.py must repeat it (docs/RELEASING.md)."""
+    found = collection_version(src_root.parent)
+    if found is None:
+        return None
+    name, version = found
+    agent = source_version(src_root)
+    if version == agent:
+        return None
+    return (f"build_zipapp: {name} says version {version!r} but "
+            f"agent_src/{PACKAGE}/version.py says AGENT_VERSION = {agent!r}; "
+            f"set AGENT_VERSION to galaxy.yml's version (docs/RELEASING.md)")
 
 
 def package_files(src: Path) -> list[Path]:
@@ -99,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bytecode", action="store_true",
                    help="sources only (smaller; every start compiles the agent)")
     args = p.parse_args(argv)
+    mismatch = version_mismatch()
+    if mismatch:
+        print(mismatch, file=sys.stderr)
+        return 2
     version = args.version or source_version()
     if not VERSION_RE.match(version):
         print(f"build_zipapp: invalid --version {version!r}: use letters, digits, . + _ -",

@@ -29,7 +29,7 @@ if [ "$#" -gt 0 ]; then
     scenarios=("$@")
 else
     # Fixed order: quick single-host scenarios first, the fleet last.
-    scenarios=(default legacy unregistered upgrade absent check fleet canary clones takeover image)
+    scenarios=(default legacy unregistered upgrade absent check fleet canary clones takeover image collection)
     for dir in molecule/*/; do
         name=$(basename "$dir")
         [ -f "$dir/molecule.yml" ] || continue

@@ -2,6 +2,8 @@
 
 import contextlib
 
+# galaxy.yml's version, repeated: galaxy.yml is the one source (docs/RELEASING.md);
+# build_zipapp.py refuses to build and tests/test_collection.py fails while they differ.
 AGENT_VERSION = "0.2.0"
 CONFIG_SCHEMA_VERSION = "6"
 
