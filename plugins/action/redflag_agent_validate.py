@@ -9,6 +9,8 @@ and a probe that fails is quoted with the host's stderr and the next step.
 
 from __future__ import annotations
 
+from ansible import constants as C
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible_collections.redflag.agent.plugins.plugin_utils import redflag_agent_inputs as rules
 
@@ -46,15 +48,22 @@ class ActionModule(ActionBase):
         errors = rules.input_errors(inputs)
         install = rules.may_install_python(inputs, errors)
         # The probe reads install_python (0/1) to decide; the rest of it is the template.
-        res = self._low_level_execute_command(
-            f"install_python={int(install)}\n{probe_script}", executable="/bin/sh")
+        error = ""
+        try:
+            res = self._low_level_execute_command(
+                f"install_python={int(install)}\n{probe_script}", executable="/bin/sh")
+        except AnsibleConnectionFailure:
+            raise  # unreachable stays unreachable
+        except AnsibleError as e:
+            # e.g. become failed on the local connection; its message quotes the host's stderr
+            res, error = {"rc": -1}, str(getattr(e, "message", e))
         stdout, stderr, rc = res.get("stdout", ""), res.get("stderr", ""), res.get("rc", 0)
         probed = rules.parse_probe(stdout)
         become = self._connection.become  # the become plugin, None without become
         probe = rules.Probe(
-            rc=rc, probed=probed, stderr=stderr, become=become is not None,
+            rc=rc, probed=probed, stderr=stderr, error=error, become=self._became(),
             become_method=become.name.split(".")[-1] if become else "sudo",
-            become_user=(become.get_option("become_user") if become else "") or "root")
+            become_user=self.get_become_option("become_user") if become else "root")
 
         result.update(
             rc=rc, stdout=stdout, stdout_lines=stdout.splitlines(), stderr=stderr,
@@ -65,3 +74,10 @@ class ActionModule(ActionBase):
         if messages:
             result.update(failed=True, msg=" | ".join(messages))
         return result
+
+    def _became(self):
+        """Whether _low_level_execute_command wrapped the probe in become (its own test)."""
+        if not self._connection.become:
+            return False
+        ruser, buser = self._get_remote_user(), self.get_become_option("become_user")
+        return bool(C.BECOME_ALLOW_SAME_USER or buser != ruser or not any((ruser, buser)))

@@ -205,6 +205,9 @@ class Probe:
     rc: int = 0
     probed: Mapping[str, str] = field(default_factory=dict)
     stderr: str = ""
+    # Set when the connection gave up before the probe ran (the local connection raises when
+    # become fails, quoting the host's stderr); ssh returns the exit code instead.
+    error: str = ""
     become: bool = False
     become_method: str = "sudo"
     become_user: str = "root"
@@ -230,7 +233,9 @@ def python_ok(probed: Mapping[str, str]) -> bool:
 
 
 def stderr_tail(stderr: str) -> str:
-    flat = " ".join(stderr.split())
+    """The host's stderr on one line, its end kept when long (the error is at the end)."""
+    flat = " ".join(stderr.replace(">>> Standard Error", "stderr:")
+                    .replace(">>> Standard Output", "stdout:").split())
     if not flat:
         return "it wrote nothing to stderr"
     return flat if len(flat) <= STDERR_TAIL else "..." + flat[-STDERR_TAIL:]
@@ -238,18 +243,20 @@ def stderr_tail(stderr: str) -> str:
 
 def probe_failed_rule(i: Inputs, p: Probe) -> Optional[str]:
     """The probe did not run to its end: quote the host's stderr and say what to try."""
-    if p.rc == 0:
+    if p.rc == 0 and not p.error:
         return None
     how = f"/bin/sh as {p.become_user} via {p.become_method}" if p.become else "/bin/sh"
     if p.become:
-        fix = (f"with become, the host needs {p.become_method} installed and allowed for the "
-               "login user; install it, set ansible_become_method to one the host has, or log "
-               "in as root with ansible_become=false, then run the play again")
+        fix = (f"the play becomes {p.become_user} with {p.become_method}: install "
+               f"{p.become_method} on the host and allow the login user (ansible_user) to use "
+               "it, or set ansible_become_method to one the host has (su, doas), or log in as "
+               "root with ansible_become=false; then run the play again")
     else:
-        fix = ("check that the host has a POSIX /bin/sh the login user can run, then run the "
-               "play again")
-    return (f"The read-only host probe ({how}) exited {p.rc}: {stderr_tail(p.stderr)}. "
-            f"Next: {fix}.")
+        fix = ("check that the host has a POSIX /bin/sh the login user (ansible_user) can run; "
+               "then run the play again")
+    what = (f"could not run: {stderr_tail(p.error)}" if p.error
+            else f"exited {p.rc}: {stderr_tail(p.stderr)}")
+    return f"The read-only host probe ({how}) {what}. Next: {fix}."
 
 
 def python_rule(i: Inputs, p: Probe, errors: Sequence[str]) -> Optional[str]:
