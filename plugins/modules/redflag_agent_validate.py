@@ -104,7 +104,7 @@ EXAMPLES = r"""
     probe: "{{ lookup('ansible.builtin.template', 'probe.sh.j2') }}"
     state: present
     server_url: https://redflag.example.org:8443
-    token_given: "{{ redflag_agent_registration_token | default('', true) | length > 0 }}"
+    token_given: "{{ redflag_agent__token_given }}"
   register: redflag_agent__probe
 """
 
