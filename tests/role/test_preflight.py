@@ -21,7 +21,7 @@ GOOD = {"redflag_agent_server_url": "http://127.0.0.1:8080"}
 
 def run_preflight(extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     vars_file = tmp_path / "vars.json"
-    vars_file.write_text(json.dumps({**GOOD, **extra, "ansible_become": False}))
+    vars_file.write_text(json.dumps({**GOOD, "ansible_become": False, **extra}))
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -90,3 +90,18 @@ def test_good_input_passes(extra, tmp_path):
         # This machine does not boot systemd: the one failure is the systemd check.
         assert proc.returncode != 0
         assert "Check systemd is PID 1: the host's service manager is" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_failed_probe_quotes_the_hosts_error_and_the_next_step(tmp_path):
+    # become through a sudo the host does not have: the failure quotes the host's stderr
+    # (not only "non-zero return code") and says what to do.
+    proc = run_preflight({"ansible_become": True, "ansible_become_user": "nobody",
+                          "ansible_become_exe": "/nonexistent/redflag-sudo"}, tmp_path)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0
+    fatal = out[out.index("fatal:"):]
+    assert "The read-only host probe (/bin/sh as nobody via sudo)" in fatal, fatal[:3000]
+    assert "/nonexistent/redflag-sudo: not found" in fatal, fatal[:3000]
+    assert "Next: the play becomes nobody with sudo" in fatal, fatal[:3000]
+    assert "non-zero return code" not in out
