@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import rfcheck
 
 
@@ -116,3 +118,15 @@ def test_the_test_host_enforces_unit_sandboxes(host):
                    "/bin/sh -c 'touch /etc/rf-sandbox-check' 2>&1")
     assert out.rc != 0 and "Read-only file system" in out.stdout, out.stdout
     assert not host.file("/etc/rf-sandbox-check").exists
+
+
+def test_redflag_agent_command_on_the_path(host):
+    # The README's `redflag-agent status`: on root's PATH, root-owned, the agent's answer.
+    f = host.file("/usr/local/sbin/redflag-agent")
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o755)
+    assert rfcheck.run_ok(host, "command -v redflag-agent").strip() == (
+        "/usr/local/sbin/redflag-agent"
+    )
+    via_path = json.loads(rfcheck.run_ok(host, "redflag-agent status --json"))
+    assert via_path["agent_id"] == rfcheck.agent_status(host)["agent_id"]
+    assert rfcheck.run_ok(host, "redflag-agent version").strip() == via_path["agent_version"]
