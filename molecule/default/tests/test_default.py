@@ -6,6 +6,8 @@ import json
 
 import rfcheck
 
+CONVERGE = "molecule/shared/converge.yml"
+
 
 def test_service_active_and_enabled(host):
     svc = host.service("redflag-agent")
@@ -130,3 +132,26 @@ def test_redflag_agent_command_on_the_path(host):
     via_path = json.loads(rfcheck.run_ok(host, "redflag-agent status --json"))
     assert via_path["agent_id"] == rfcheck.agent_status(host)["agent_id"]
     assert rfcheck.run_ok(host, "redflag-agent version").strip() == via_path["agent_version"]
+
+
+def test_server_down_outcome_names_host_state_and_next_step(host):
+    # Issue 16: the health gate with the server unreachable said `Action failed: Unknown
+    # error.`. Now the task's message names the host, the state and what to check. Last in
+    # this file: it points the agent at a closed port, then converges back.
+    name = rfcheck.inventory_name(host)
+    down = "http://127.0.0.1:9"
+    rc, out, _recap = rfcheck.run_playbook(
+        CONVERGE,
+        {
+            "redflag_agent_server_url": down,
+            "redflag_agent_verify_checkin": True,
+            "redflag_agent_verify_retries": 2,
+            "redflag_agent_verify_delay": 2,
+        },
+    )
+    assert rc != 0, "the health gate passed with the server down"
+    assert "Unknown error" not in out
+    assert f"{name}: failed: no final outcome after" in out
+    assert f"next: check that {down} is up and reachable from the host" in out
+    rc, _out, _recap = rfcheck.run_playbook(CONVERGE)
+    assert rc == 0, "converging back to the stand-in server failed; see playbook-runs.log"
