@@ -97,6 +97,7 @@ import json
 import os
 import re
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -179,6 +180,24 @@ def build_payload(settings: dict[str, Any], registration_token: str, reregister:
     if forget_identity:
         doc["forget_identity"] = True
     return json.dumps(doc, sort_keys=True)
+
+
+def settings_secrets(settings: Any) -> list[str]:
+    """Secret values inside the settings (pure): the proxy password and any password in a
+    proxy URL. The module adds them to its no_log values, so Ansible masks them wherever
+    they would appear (module_args, the diff, messages) and the task needs no no_log."""
+    proxy = settings.get("proxy") if isinstance(settings, dict) else None
+    if not isinstance(proxy, dict):
+        return []
+    found = [proxy.get("password")]
+    for key in ("http", "https"):
+        url = proxy.get(key)
+        if isinstance(url, str) and "@" in url:
+            try:
+                found.append(urlsplit(url).password)
+            except ValueError:  # not a URL: the agent refuses it with its own message
+                continue
+    return sorted({v for v in found if isinstance(v, str) and v})
 
 
 def build_argv(python: str, pyz: str, check: bool) -> list[str]:
@@ -299,6 +318,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
+    module.no_log_values.update(settings_secrets(params["settings"]))
     token = params["registration_token"] or ""
     forget = params["forget_identity"]
     if forget and (token or params["force_reregister"]):

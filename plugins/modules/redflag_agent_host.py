@@ -65,6 +65,13 @@ options:
   migrate_unit_content:
     description: The migration unit's content; omitted, that unit is left alone.
     type: str
+  command_path:
+    description: Where the host's C(redflag-agent) command goes (root:root 0755).
+    type: path
+    default: /usr/local/sbin/redflag-agent
+  command_content:
+    description: The command's content (runs the current zipapp); omitted, it is left alone.
+    type: str
   legacy_dirs:
     description: Legacy directories to remove when they exist and are empty.
     type: list
@@ -219,8 +226,8 @@ def empty_legacy_dir(have: Have, names: Optional[list[str]]) -> bool:
     return have.exists and have.is_dir and names == []
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """root:root 0644, fsynced, renamed over the old file; no temp file left on failure."""
+def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
+    """root:root `mode` (0644), fsynced, renamed over the old file; no temp file left on failure."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".redflag-", dir=directory)
     try:
@@ -228,7 +235,7 @@ def write_atomically(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.chown(tmp, 0, 0)
         os.rename(tmp, path)
     except BaseException:
@@ -340,20 +347,34 @@ class Host:
                 diffs.append(diff)
         return diffs
 
-    def unit(self, path: str, content: str) -> tuple[bool, dict[str, str]]:
+    def command(self) -> list[dict[str, str]]:
+        """The host's `redflag-agent` command (when given): root:root 0755; its diff when written.
+
+        Not in units(): a changed wrapper needs no daemon-reload and no restart."""
+        content = self.p["command_content"]
+        if content is None:
+            return []
+        path = self.p["command_path"]
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):  # /usr/local/sbin on a minimal image
+            self.directory(Want(parent, "root", "root", 0o755))
+        changed, diff = self.unit(path, content, 0o755)
+        return [diff] if changed else []
+
+    def unit(self, path: str, content: str, mode: int = 0o644) -> tuple[bool, dict[str, str]]:
         try:
             with open(path, encoding="utf-8") as handle:
                 before = handle.read()
         except FileNotFoundError:
             before = ""
         have = _have(path)
-        same_attrs = have.exists and (have.owner, have.group, have.mode) == ("root", "root", 0o644)
+        same_attrs = have.exists and (have.owner, have.group, have.mode) == ("root", "root", mode)
         diff = {"before_header": path, "after_header": path, "before": before, "after": content}
         if before == content and same_attrs:
             return False, diff
         self.changes.append(f"{path} written")
         if not self.check:
-            write_atomically(path, content.encode("utf-8"))
+            write_atomically(path, content.encode("utf-8"), mode)
         return True, diff
 
 
@@ -373,6 +394,8 @@ def main() -> None:
                 "default": "/etc/systemd/system/redflag-agent-migrate.service",
             },
             "migrate_unit_content": {"type": "str"},
+            "command_path": {"type": "path", "default": "/usr/local/sbin/redflag-agent"},
+            "command_content": {"type": "str"},
             "legacy_dirs": {"type": "list", "elements": "path", "default": []},
             "sha256": {"type": "str", "default": ""},
             "version_re": {
@@ -399,6 +422,7 @@ def main() -> None:
         host.legacy_dir(path)
     diffs = host.units()
     unit_changed = bool(diffs)
+    diffs += host.command()
     pyz = os.path.join(version_dir, "redflag-agent.pyz")
     pyz_have = _have(pyz)
     actual = sha256_of(pyz) if pyz_have.exists and not pyz_have.is_dir else None

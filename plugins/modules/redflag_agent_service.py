@@ -140,6 +140,13 @@ WAITING_REASON = (
     "installed, NOT registered: no registration token; "
     "set redflag_agent_registration_token (vault) and re-run"
 )
+# Every final reason ends with what to do next (issue 16: "Unknown error." told nothing).
+JOURNAL = "see `journalctl -u redflag-agent` and `redflag-agent status` on the host"
+NEXT_REJECTED = (
+    "next: mint a new registration token, set redflag_agent_registration_token (vault) and "
+    "re-run, with redflag_agent_force_reregister=true if the host was registered before"
+)
+STALE_NOTE = " (the agent's last run: this run did not start it)"
 
 
 def parse_show(text: str) -> dict[str, str]:
@@ -183,27 +190,69 @@ def decide(
         return "pending", why
     # The service is stopped (failed or inactive) and systemd will not restart it.
     if code == EX_REJECTED:
-        return "rejected", "the server rejected the token (exit 77): " + (
-            last_error
-            or "mint a new registration token, set redflag_agent_registration_token and "
-            "re-run (add redflag_agent_force_reregister=true if the host was registered)"
+        return "rejected", (
+            f"the server rejected the agent's token (exit 77): "
+            f"{last_error or 'no error recorded'}; {NEXT_REJECTED}"
         )
     if not registered and not token_embedded and code in (EX_CONFIG, 0):
         if restarts > 0:
             return "failed", (
                 f"not registered and no token, but systemd restarted the agent {restarts} "
-                "times; the unit must not restart exit 78 (RestartPreventExitStatus)"
+                "times; the unit must not restart exit 78 (RestartPreventExitStatus); next: "
+                "re-run the role without --tags so it rewrites redflag-agent.service"
             )
         return "waiting-for-token", WAITING_REASON
     if code == EX_CONFIG:
         return "failed", (
             f"the agent stopped with exit 78 (config invalid or not registered): "
-            f"{last_error or 'see journalctl -u redflag-agent'}"
+            f"{last_error or 'no error recorded'}; next: fix what it names ({JOURNAL}) "
+            "and re-run"
         )
     return "failed", (
         f"service {active}/{sub}, exit {code}, result {unit.get('Result', '?')}: "
-        f"{last_error or 'see journalctl -u redflag-agent'}"
+        f"{last_error or 'no error recorded'}; next: {JOURNAL}, fix the cause and re-run"
     )
+
+
+def pending_next_step(status: Optional[dict[str, Any]], unit: dict[str, str]) -> str:
+    """What to do about an outcome that never became final (pure): the last observation
+    says whether the agent could not be asked, keeps exiting, or waits for the server."""
+    if status is None:
+        return ("next: run `redflag-agent status --json` on the host and fix what keeps it "
+                "from answering, then re-run")
+    if unit.get("SubState") == "auto-restart":
+        return f"next: the agent keeps exiting; {JOURNAL}, fix the cause and re-run"
+    if unit.get("ActiveState") in RUNNING:
+        server = status.get("server_url") or "the server (redflag_agent_server_url)"
+        done = "checks in" if status.get("registered") else "registers"
+        return (f"next: check that {server} is up and reachable from the host (the agent "
+                f"keeps retrying and {done} once it answers), then re-run")
+    return f"next: {JOURNAL}, then re-run"
+
+
+def timed_out(reason: str, status: Optional[dict[str, Any]], unit: dict[str, str],
+              polls: int, waited: float) -> tuple[str, str]:
+    """The outcome when the wait ran out while still pending (pure): failed, with why and
+    what to do."""
+    return "failed", (f"no final outcome after {polls} polls in {waited:.0f} s: {reason}; "
+                      f"{pending_next_step(status, unit)}")
+
+
+def final_reason(state: str, reason: str, acted: bool) -> str:
+    """A failure this run did not cause is the agent's last run's (pure): a unit left failed
+    (exit 77 or 78) with its status.json from then, say a token removed since. Said so,
+    so the operator does not look for a failure in this run."""
+    if acted or state not in ("rejected", "failed"):
+        return reason
+    what, sep, step = reason.partition("; next:")
+    return f"{what}{STALE_NOTE}{sep}{step}"
+
+
+def outcome_message(host: str, state: str, reason: str) -> str:
+    """The task's msg (pure): host, state, reason with its next step. A failed_when on a
+    result without msg shows Ansible's 'Action failed: Unknown error.' instead."""
+    step = "" if "next:" in reason or state == "waiting-for-token" else "; next: nothing to do"
+    return f"{host}: {state}: {reason}{step}"
 
 
 def _utc(when: float) -> str:
@@ -254,7 +303,7 @@ def gate_checkin(  # noqa: PLR0913, PLR0917 - one observation has this many fact
         return "failed", (
             f"the agent exited with status {code} after the start at {_utc(since)} "
             "(systemd restarts it after RestartSec): "
-            f"{last_error or 'see journalctl -u redflag-agent'}"
+            f"{last_error or 'no error recorded'}; next: {JOURNAL}, fix the cause and re-run"
         )
     return state, reason
 
@@ -340,25 +389,30 @@ def apply_actions(module: AnsibleModule, unit: str, actions: list[str]) -> None:
         argv = ["systemctl", action] if action == "daemon-reload" else ["systemctl", action, unit]
         rc, out, err = module.run_command(argv)
         if rc != 0:
+            reason = (
+                f"systemctl {action} {unit} failed (exit {rc}): {(err or out).strip()}; "
+                f"next: see systemctl status {unit} and journalctl -u {unit}, fix it and re-run"
+            )
             module.fail_json(
-                msg=f"systemctl {action} {unit} failed (exit {rc}): {(err or out).strip()}; "
-                f"see systemctl status {unit} and journalctl -u {unit}",
+                msg=outcome_message(module.params["host"], "failed", reason),
                 actions=actions,
+                outcome={"status": "failed", "reason": reason},
             )
 
 
-def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, str]]:
+def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, str], str]:
+    """The agent's status (None when it gave no JSON object), the unit, and why not."""
     p = module.params
-    rc, out, _err = module.run_command([p["python"], "-I", p["pyz"], "status", "--json"])
+    rc, out, err = module.run_command([p["python"], "-I", p["pyz"], "status", "--json"])
     status: Optional[dict[str, Any]] = None
-    if rc == 0:
-        try:
-            loaded = json.loads(out)
-        except ValueError:
-            loaded = None
-        if isinstance(loaded, dict):
-            status = loaded
-    return status, show(module, p["unit"], UNIT_PROPS)
+    try:
+        loaded = json.loads(out) if rc == 0 else None
+    except ValueError:
+        loaded = None
+    if isinstance(loaded, dict):
+        status = loaded
+    why = "" if status is not None else f"exit {rc}: {(err or out or 'no output').strip()[:300]}"
+    return status, show(module, p["unit"], UNIT_PROPS), why
 
 
 def main() -> None:
@@ -383,13 +437,28 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
+    try:
+        run(module)
+    except Exception as exc:  # noqa: BLE001 - even this outcome is classified and named
+        reason = (
+            f"the service step stopped on an unexpected error ({type(exc).__name__}: {exc}); "
+            f"next: {JOURNAL}, then re-run"
+        )
+        module.fail_json(
+            msg=outcome_message(module.params["host"], "failed", reason),
+            outcome={"status": "failed", "reason": reason},
+        )
+
+
+def run(module: AnsibleModule) -> None:
+    """Apply the actions, wait for the outcome; exits through module.exit_json/fail_json."""
     p = module.params
     unit_state = show(module, p["unit"], STATE_PROPS)
     watched = watched_paths(p["current"], p["unit_path"], p["migrate_unit_path"])
     stale = is_stale(started_at(unit_state), newest_change(watched))
     should_run = p["should_run"]
     if should_run is None:  # the configure step did not run (--tags): ask the agent
-        status, _unit = observe(module)
+        status, _unit, _why = observe(module)
         should_run = bool(
             status and (status.get("registered") or status.get("registration_token_present"))
         )
@@ -405,23 +474,29 @@ def main() -> None:
     if not module.check_mode:
         apply_actions(module, p["unit"], actions)
     if module.check_mode or not p["verify"]:
-        why = "check mode" if module.check_mode else "redflag_agent_verify is false"
+        why = (
+            "check mode; next: run without --check to apply and verify" if module.check_mode
+            else "redflag_agent_verify is false; next: nothing (the outcome is not checked)"
+        )  # fmt: skip
         module.exit_json(
-            changed=bool(actions), actions=actions, outcome={"status": "unverified", "reason": why}
-        )
+            changed=bool(actions), actions=actions,
+            outcome={"status": "unverified", "reason": why},
+            msg=outcome_message(p["host"], "unverified", why),
+        )  # fmt: skip
     pauses = poll_delays(p["retries"], p["delay"])
     state, reason, status, unit = "pending", "", None, {}
     for attempt in range(len(pauses) + 1):
-        status, unit = observe(module)
+        status, unit, why = observe(module)
         state, reason = decide(status, unit, p["token_embedded"])
+        if status is None:
+            reason = f"{reason} ({why})"
         state, reason = gate_checkin(state, reason, status, unit, since, before)
         if state != "pending" or attempt == len(pauses):
             break
         time.sleep(pauses[attempt])
     if state == "pending":
-        state = "failed"
-        waited = sum(pauses)
-        reason = f"no final outcome after {len(pauses) + 1} polls in {waited:.0f} s: {reason}"
+        state, reason = timed_out(reason, status, unit, len(pauses) + 1, sum(pauses))
+    reason = final_reason(state, reason, "restart" in actions or "start" in actions)
     status = status or {}
     outcome = {
         "status": state,
@@ -440,7 +515,10 @@ def main() -> None:
     }
     if state == "waiting-for-token":
         module.warn(f"{p['host']}: {WAITING_REASON}")
-    module.exit_json(changed=bool(actions), actions=actions, outcome=outcome)
+    module.exit_json(
+        changed=bool(actions), actions=actions, outcome=outcome,
+        msg=outcome_message(p["host"], state, reason),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -195,3 +195,19 @@ def test_parse_json_answer_errors(config_module, rc, stdout, fragment):
     with pytest.raises(config_module.ApplyError) as err:
         config_module.parse_json_answer("status --json", rc, stdout, "")
     assert fragment in str(err.value) and "status --json" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "secrets"),
+    [
+        ({"proxy": {"enabled": True, "password": "pw-1"}}, ["pw-1"]),
+        ({"proxy": {"http": "http://u:pw-2@proxy:3128", "https": "http://proxy:3128"}}, ["pw-2"]),
+        ({"proxy": {"password": "", "http": "http://u@proxy:3128"}}, []),
+        ({"proxy": {"http": "http://u:pw-3@[bad", "password": "pw-4"}}, ["pw-4"]),
+        ({"proxy": "http://legacy:3128"}, []),
+        ({"server_url": "http://s"}, []),
+        (None, []),
+    ],
+)
+def test_settings_secrets(config_module, settings, secrets):
+    assert config_module.settings_secrets(settings) == secrets

@@ -211,3 +211,43 @@ def test_full_disk_fails_the_play_with_the_agents_reason(pyz, root, full_config_
     assert "nothing was changed" in result["msg"] and str(config) in result["msg"]
     assert "zipapp" not in result["msg"] and "Traceback" not in result["msg"]
     assert config.read_bytes() == before
+
+
+PROXY_PASSWORD = "pw-proxy-4d1e"  # noqa: S105 - fake secrets the test looks for in output
+URL_PASSWORD = "pw-url-93b2"  # noqa: S105
+
+
+def test_check_diff_shows_the_change_and_no_secret(pyz, root):
+    # --check --diff: the agent's diff is returned (secrets as ********), nothing is
+    # written, and neither the token nor a proxy password appears anywhere in the result.
+    config = root / "etc" / "redflag-agent" / "config.json"
+    run_module(root, args(pyz, registration_token=TOKEN))
+    before = config.read_bytes()
+    settings = {
+        **SETTINGS,
+        "check_in_interval": 120,
+        "proxy": {"enabled": True, "http": f"http://u:{URL_PASSWORD}@127.0.0.1:3128",
+                  "password": PROXY_PASSWORD},
+    }  # fmt: skip
+    args_file = root.parent / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        **args(pyz, registration_token=TOKEN), "settings": settings,
+        "_ansible_check_mode": True, "_ansible_diff": True,
+    }}))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(MODULE), str(args_file)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "REDFLAG_ROOT": str(root)},
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    for secret in (TOKEN, PROXY_PASSWORD, URL_PASSWORD):
+        assert secret not in output
+    result = json.loads(proc.stdout)
+    assert config.read_bytes() == before
+    assert result["changed"] is True
+    assert result["changed_keys"] == ["check_in_interval", "proxy"]
+    diff = result["diff"]["prepared"]
+    assert '+  "check_in_interval": 120,' in diff
+    assert '"password": "********"' in diff
+    assert "http://u:********@127.0.0.1:3128" in diff
+    assert result["invocation"]["module_args"]["settings"]["proxy"]["password"] != PROXY_PASSWORD

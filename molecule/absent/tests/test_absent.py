@@ -13,6 +13,15 @@ UNIT_PATHS = (
 )
 
 
+COMMAND = "/usr/local/sbin/redflag-agent"
+
+
+def failed_redflag_units(host) -> list[str]:
+    """`systemctl --failed` lines of our units (a failed unit keeps the host degraded)."""
+    out = rfcheck.run_ok(host, "systemctl list-units --all --failed --plain --no-legend")
+    return [line for line in out.splitlines() if "redflag-agent" in line]
+
+
 @pytest.fixture(scope="module")
 def installed():
     return {}
@@ -30,8 +39,9 @@ def test_absent_removes_and_deregisters(host, installed):
     rc, _out, recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
     assert rc == 0, "converge with state absent failed; see playbook-runs.log"
     assert recap[rfcheck.inventory_name(host)]["changed"] > 0
-    for path in (*UNIT_PATHS, "/opt/redflag-agent", "/etc/redflag-agent"):
+    for path in (*UNIT_PATHS, "/opt/redflag-agent", "/etc/redflag-agent", COMMAND):
         assert not host.file(path).exists, f"{path} still exists"
+    assert failed_redflag_units(host) == []
     for unit in (rfcheck.UNIT, rfcheck.MIGRATE_UNIT):
         load = rfcheck.run_ok(host, f"systemctl show {unit} -p LoadState --value")
         assert load.strip() == "not-found", unit
@@ -59,3 +69,17 @@ def test_purge_removes_state_and_user(host):
     assert not host.file(rfcheck.STATE_DIR).exists
     assert not host.user("redflag-agent").exists
     assert not host.group("redflag-agent").exists
+
+
+def test_absent_after_a_waiting_agent_leaves_no_failed_unit(host):
+    # Issue 16: an agent waiting for a token (exit 78, failed, not restarted) was listed as
+    # `redflag-agent.service not-found failed` after removal, the host left degraded.
+    rc, _out, _recap = rfcheck.run_playbook(CONVERGE, {"rf_token_name": ""})
+    assert rc == 0, "converge without a token failed; see playbook-runs.log"
+    assert rfcheck.unit_props(host, "ActiveState")["ActiveState"] == "failed"
+    assert failed_redflag_units(host), "the waiting agent's unit should be failed before removal"
+    assert host.file(COMMAND).exists
+    rc, _out, _recap = rfcheck.run_playbook(CONVERGE, {"redflag_agent_state": "absent"})
+    assert rc == 0, "state absent after a waiting agent failed; see playbook-runs.log"
+    assert failed_redflag_units(host) == []
+    assert not host.file(COMMAND).exists

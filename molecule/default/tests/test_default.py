@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import rfcheck
+
+CONVERGE = "molecule/shared/converge.yml"
 
 
 def test_service_active_and_enabled(host):
@@ -116,3 +120,38 @@ def test_the_test_host_enforces_unit_sandboxes(host):
                    "/bin/sh -c 'touch /etc/rf-sandbox-check' 2>&1")
     assert out.rc != 0 and "Read-only file system" in out.stdout, out.stdout
     assert not host.file("/etc/rf-sandbox-check").exists
+
+
+def test_redflag_agent_command_on_the_path(host):
+    # The README's `redflag-agent status`: on root's PATH, root-owned, the agent's answer.
+    f = host.file("/usr/local/sbin/redflag-agent")
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o755)
+    assert rfcheck.run_ok(host, "command -v redflag-agent").strip() == (
+        "/usr/local/sbin/redflag-agent"
+    )
+    via_path = json.loads(rfcheck.run_ok(host, "redflag-agent status --json"))
+    assert via_path["agent_id"] == rfcheck.agent_status(host)["agent_id"]
+    assert rfcheck.run_ok(host, "redflag-agent version").strip() == via_path["agent_version"]
+
+
+def test_server_down_outcome_names_host_state_and_next_step(host):
+    # Issue 16: the health gate with the server unreachable said `Action failed: Unknown
+    # error.`. Now the task's message names the host, the state and what to check. Last in
+    # this file: it points the agent at a closed port, then converges back.
+    name = rfcheck.inventory_name(host)
+    down = "http://127.0.0.1:9"
+    rc, out, _recap = rfcheck.run_playbook(
+        CONVERGE,
+        {
+            "redflag_agent_server_url": down,
+            "redflag_agent_verify_checkin": True,
+            "redflag_agent_verify_retries": 2,
+            "redflag_agent_verify_delay": 2,
+        },
+    )
+    assert rc != 0, "the health gate passed with the server down"
+    assert "Unknown error" not in out
+    assert f"{name}: failed: no final outcome after" in out
+    assert f"next: check that {down} is up and reachable from the host" in out
+    rc, _out, _recap = rfcheck.run_playbook(CONVERGE)
+    assert rc == 0, "converging back to the stand-in server failed; see playbook-runs.log"
