@@ -99,6 +99,11 @@ import re
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    AGENT_CLI_ARGS,
+    AGENT_ENV,
+    run_agent,
+)
 
 NOT_INSTALLED = {"registered": False, "installed": False, "migrations_pending": []}
 
@@ -253,14 +258,14 @@ class Agent:
         self.base = [module.params["python"], "-I", module.params["pyz"]]
 
     def call(self, args: list[str]) -> tuple[int, str, str]:
-        return self.module.run_command(self.base + args, environ_update={"LC_ALL": "C.UTF-8"})
+        return run_agent(self.module, self.base[0], self.base[2], *args)
 
     def apply(self, payload: str) -> tuple[int, str, str]:
         return self.module.run_command(
             build_argv(self.base[0], self.base[2], self.module.check_mode),
             data=payload,
             binary_data=True,
-            environ_update={"LC_ALL": "C.UTF-8"},
+            environ_update=AGENT_ENV,
         )
 
     def status(self) -> dict[str, Any]:
@@ -289,8 +294,7 @@ class Agent:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "python": {"type": "path", "required": True},
-            "pyz": {"type": "path", "required": True},
+            **AGENT_CLI_ARGS,
             "settings": {"type": "dict", "required": True},
             "registration_token": {"type": "str", "default": "", "no_log": True},
             "force_reregister": {"type": "bool", "default": False},

@@ -105,7 +105,6 @@ installed_versions:
   returned: always
 """
 
-import contextlib
 import grp
 import hashlib
 import os
@@ -113,10 +112,15 @@ import pwd
 import re
 import shutil
 import stat
-import tempfile
 from typing import Any, NamedTuple, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_commands import (
+    run_checked,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_files import (
+    write_atomically,
+)
 
 NOLOGIN = "/usr/sbin/nologin"
 COMMENT = "RedFlag update agent"
@@ -219,29 +223,6 @@ def empty_legacy_dir(have: Have, names: Optional[list[str]]) -> bool:
     return have.exists and have.is_dir and names == []
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """root:root 0644, fsynced, renamed over the old file; no temp file left on failure."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".redflag-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.chown(tmp, 0, 0)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class Host:
     """The I/O side: each step records what it changed; check mode only records."""
 
@@ -252,12 +233,7 @@ class Host:
         self.changes: list[str] = []
 
     def run(self, argv: list[str]) -> None:
-        rc, out, err = self.module.run_command(argv)
-        if rc != 0:
-            self.module.fail_json(
-                msg=f"{' '.join(argv)} failed (exit {rc}): {(err or out).strip()}",
-                changes=self.changes,
-            )
+        run_checked(self.module, argv, changes=self.changes)
 
     def group(self) -> Optional[int]:
         name = self.p["group"]
@@ -353,7 +329,7 @@ class Host:
             return False, diff
         self.changes.append(f"{path} written")
         if not self.check:
-            write_atomically(path, content.encode("utf-8"))
+            write_atomically(self.module, path, content.encode("utf-8"))
         return True, diff
 
 

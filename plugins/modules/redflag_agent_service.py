@@ -113,12 +113,20 @@ outcome:
 """
 
 import calendar
-import json
 import os
 import time
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    AGENT_CLI_ARGS,
+    run_agent,
+    status_answer,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
+    parse_show,  # noqa: F401 - tests/role reach it here
+    show,
+)
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
 STATE_PROPS = (
@@ -140,16 +148,6 @@ WAITING_REASON = (
     "installed, NOT registered: no registration token; "
     "set redflag_agent_registration_token (vault) and re-run"
 )
-
-
-def parse_show(text: str) -> dict[str, str]:
-    """`systemctl show -p A -p B` output (Key=Value lines) as a dict."""
-    props: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            props[key.strip()] = value.strip()
-    return props
 
 
 def _int(value: Any) -> int:
@@ -308,14 +306,6 @@ def poll_delays(retries: int, delay: float) -> list[float]:
     return pauses
 
 
-def show(module: AnsibleModule, unit: str, props: tuple[str, ...]) -> dict[str, str]:
-    argv = ["systemctl", "show", unit]
-    for prop in props:
-        argv += ["-p", prop]
-    _rc, out, _err = module.run_command(argv)
-    return parse_show(out)
-
-
 def started_at(unit: dict[str, str]) -> Optional[float]:
     """Wall-clock start of the running main process, from systemd's monotonic stamp."""
     mono_us = _int(unit.get("ExecMainStartTimestampMonotonic"))
@@ -349,23 +339,14 @@ def apply_actions(module: AnsibleModule, unit: str, actions: list[str]) -> None:
 
 def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, str]]:
     p = module.params
-    rc, out, _err = module.run_command([p["python"], "-I", p["pyz"], "status", "--json"])
-    status: Optional[dict[str, Any]] = None
-    if rc == 0:
-        try:
-            loaded = json.loads(out)
-        except ValueError:
-            loaded = None
-        if isinstance(loaded, dict):
-            status = loaded
-    return status, show(module, p["unit"], UNIT_PROPS)
+    rc, out, _err = run_agent(module, p["python"], p["pyz"], "status", "--json")
+    return status_answer(rc, out), show(module, p["unit"], UNIT_PROPS)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "python": {"type": "path", "required": True},
-            "pyz": {"type": "path", "required": True},
+            **AGENT_CLI_ARGS,
             "unit": {"type": "str", "default": "redflag-agent.service"},
             "daemon_reload": {"type": "bool", "default": False},
             "restart": {"type": "bool", "default": False},

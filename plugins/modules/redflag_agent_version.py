@@ -80,13 +80,16 @@ refused:
   returned: always
 """
 
-import json
 import os
 import re
 import shutil
-from typing import Any, Optional
+from typing import Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    run_agent,
+    status_answer,
+)
 
 PYZ = "redflag-agent.pyz"
 
@@ -117,11 +120,8 @@ def rollback_blocker(
     cannot read (a newer schema: the agent would stop with exit 78) would lose the host,
     so the rollback is refused and says why instead. None: safe to switch back.
     """
-    try:
-        status: Any = json.loads(out) if rc == 0 else None
-    except ValueError:
-        status = None
-    if not isinstance(status, dict):
+    status = status_answer(rc, out)
+    if status is None:
         detail = (err or out or "").strip().splitlines()
         return (
             f"version {version} cannot report its status here (status --json exited {rc}"
@@ -213,9 +213,8 @@ def main() -> None:
         )
     versions.require_pyz(version_dir)
     if p["rollback"]:
-        rc, out, err = module.run_command(
-            [p["python"], "-I", os.path.join(version_dir, PYZ), "status", "--json"],
-            environ_update={"LC_ALL": "C.UTF-8"},
+        rc, out, err = run_agent(
+            module, p["python"], os.path.join(version_dir, PYZ), "status", "--json"
         )
         refused = rollback_blocker(p["version"], rc, out, err)
         if refused:
