@@ -41,4 +41,3 @@ def status_answer(rc: int, out: str) -> Optional[dict[str, Any]]:
     except ValueError:
         return None
     return loaded if isinstance(loaded, dict) else None
-

@@ -24,14 +24,6 @@ description:
     desired settings, and the token only when enrolling, as JSON on stdin.
   - When the agent is not installed yet in check mode, reports that config.json would be created.
 options:
-  python:
-    description: Interpreter that runs the agent.
-    type: path
-    required: true
-  pyz:
-    description: The agent zipapp.
-    type: path
-    required: true
   settings:
     description: Role-managed settings (server_url, check_in_interval, proxy, tls, tags, ...).
     type: dict
@@ -52,6 +44,51 @@ options:
       - Never enrolls; I(registration_token) and I(force_reregister) must be unset.
     type: bool
     default: false
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - redflag.agent.agent_cli
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Migrations run as C(--dry-run) and C(config apply) as C(--check); nothing is written.
+  diff_mode:
+    support: full
+    details: The agent's own diff of config.json, with the token and passwords redacted by the agent.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Apply the settings; enroll with the token when the agent is not registered yet
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+      check_in_interval: 300
+      tags: [web, production]
+    registration_token: "{{ vault_redflag_registration_token }}"
+  register: config
+
+- name: Re-enroll a registered host with a new token (the old identity is unregistered first)
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+    registration_token: "{{ vault_redflag_registration_token }}"
+    force_reregister: true
+
+- name: Prepare a golden image - settings, but no identity and no token
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+    forget_identity: true
 """
 
 RETURN = r"""

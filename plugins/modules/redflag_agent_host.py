@@ -78,6 +78,39 @@ options:
     description: Regular expression a version directory name matches.
     type: str
     default: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The unit files, before and after.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: User, directories and unit files for version 0.2.0
+  redflag.agent.redflag_agent_host:
+    version: 0.2.0
+    unit_content: "{{ lookup('ansible.builtin.template', 'redflag-agent.service.j2') }}"
+    migrate_unit_content: "{{ lookup('ansible.builtin.template', 'redflag-agent-migrate.service.j2') }}"
+    legacy_dirs: [/etc/aggregator, /var/lib/aggregator]
+    sha256: "{{ lookup('ansible.builtin.file', 'dist/redflag-agent-0.2.0.pyz.sha256').split()[0] }}"
+  register: host
+
+- name: Copy the zipapp only when the installed one is not intact
+  ansible.builtin.copy:
+    src: dist/redflag-agent-0.2.0.pyz
+    dest: /opt/redflag-agent/0.2.0/redflag-agent.pyz
+    owner: root
+    group: root
+    mode: "0644"
+  when: not host.pyz_intact
 """
 
 RETURN = r"""

@@ -56,14 +56,6 @@ options:
     description: Wait for and classify the outcome.
     type: bool
     default: true
-  python:
-    description: Interpreter that runs the agent.
-    type: path
-    required: true
-  pyz:
-    description: The agent zipapp.
-    type: path
-    required: true
   unit:
     description: The systemd unit.
     type: str
@@ -95,6 +87,46 @@ options:
     description: Clear the unit's failed state and start counter before restarting (a rollback).
     type: bool
     default: false
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - redflag.agent.agent_cli
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports the systemctl actions it would run; the outcome is C(unverified).
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Start the agent after a config change and wait for it to register
+  redflag.agent.redflag_agent_service:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    restart: "{{ config is changed }}"
+    should_run: "{{ config.status.registered or config.token_embedded }}"
+    token_embedded: "{{ config.token_embedded }}"
+  register: service
+
+- name: Fail unless the agent registered (waiting for a token passes)
+  ansible.builtin.assert:
+    that: service.outcome.status in ['registered', 'waiting-for-token', 'unverified']
+    fail_msg: "{{ inventory_hostname }}: {{ service.outcome.reason }}"
+
+- name: Health gate after an upgrade - healthy only once it checked in after the restart
+  redflag.agent.redflag_agent_service:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    restart: true
+    should_run: true
+    require_checkin: true
+    retries: 40
+    delay: 3
 """
 
 RETURN = r"""
@@ -123,10 +155,7 @@ from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli im
     run_agent,
     status_answer,
 )
-from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
-    parse_show,  # noqa: F401 - tests/role reach it here
-    show,
-)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
 STATE_PROPS = (

@@ -70,6 +70,39 @@ options:
     description: Root-only directory that holds one timestamped directory per takeover.
     type: path
     default: /var/lib/redflag-agent-takeover
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The upstream pieces found, before and after.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Set the upstream agent aside before installing this one
+  redflag.agent.redflag_agent_takeover:
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+  register: takeover
+
+- name: Say what was taken over
+  ansible.builtin.debug:
+    msg: "{{ takeover.summary }}"
+  when: takeover.summary | length > 0
+
+- name: Upstream installed under other paths
+  redflag.agent.redflag_agent_takeover:
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    unit_paths:
+      - /etc/systemd/system/redflag-agent.service
+      - /usr/lib/systemd/system/redflag-agent.service
+    binaries: [/usr/local/bin/redflag-agent, /opt/redflag/bin/redflag-agent]
 """
 
 RETURN = r"""

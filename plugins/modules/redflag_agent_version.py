@@ -49,6 +49,41 @@ options:
   python:
     description: Interpreter that runs the agent (needed with I(rollback)).
     type: path
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports the link switch and the versions it would prune.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Activate 0.2.0 and keep the previous version for a rollback
+  redflag.agent.redflag_agent_version:
+    version: 0.2.0
+    keep_versions: 2
+    version_re: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+  register: versions
+
+- name: Roll back to 0.1.9 when it can still read the config the newer version left
+  redflag.agent.redflag_agent_version:
+    version: 0.1.9
+    version_re: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+    rollback: true
+    python: /usr/bin/python3
+  register: rollback
+
+- name: Report a refused rollback
+  ansible.builtin.debug:
+    msg: "{{ rollback.refused }}"
+  when: rollback.refused | length > 0
 """
 
 RETURN = r"""
