@@ -55,7 +55,7 @@ attributes:
     details: Migrations run as C(--dry-run) and C(config apply) as C(--check); nothing is written.
   diff_mode:
     support: full
-    details: The agent's own diff of config.json, with the token and passwords redacted by the agent.
+    details: The agent's own diff of config.json; the agent redacts the token and passwords.
   platform:
     platforms: posix
     details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).

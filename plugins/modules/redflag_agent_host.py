@@ -98,7 +98,7 @@ EXAMPLES = r"""
   redflag.agent.redflag_agent_host:
     version: 0.2.0
     unit_content: "{{ lookup('ansible.builtin.template', 'redflag-agent.service.j2') }}"
-    migrate_unit_content: "{{ lookup('ansible.builtin.template', 'redflag-agent-migrate.service.j2') }}"
+    migrate_unit_content: "{{ lookup('ansible.builtin.template', 'migrate.service.j2') }}"
     legacy_dirs: [/etc/aggregator, /var/lib/aggregator]
     sha256: "{{ lookup('ansible.builtin.file', 'dist/redflag-agent-0.2.0.pyz.sha256').split()[0] }}"
   register: host
