@@ -84,3 +84,10 @@ bench: venv image  ## benchmarks: rollout, re-run, agent start-up, registration 
 .PHONY: clean
 clean:  ## remove build output (not the venv)
 	rm -rf dist build .pytest_cache .ruff_cache
+
+.PHONY: sanity
+sanity: venv  ## ansible-test sanity over the built collection (tests/sanity/run.sh)
+	REDFLAG_VENV_BIN=$(CURDIR)/$(BIN) bash tests/sanity/run.sh
+
+# `make test` runs the sanity tests too (after lint, unit and molecule).
+test: sanity

@@ -24,14 +24,6 @@ description:
     desired settings, and the token only when enrolling, as JSON on stdin.
   - When the agent is not installed yet in check mode, reports that config.json would be created.
 options:
-  python:
-    description: Interpreter that runs the agent.
-    type: path
-    required: true
-  pyz:
-    description: The agent zipapp.
-    type: path
-    required: true
   settings:
     description: Role-managed settings (server_url, check_in_interval, proxy, tls, tags, ...).
     type: dict
@@ -52,6 +44,51 @@ options:
       - Never enrolls; I(registration_token) and I(force_reregister) must be unset.
     type: bool
     default: false
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - redflag.agent.agent_cli
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Migrations run as C(--dry-run) and C(config apply) as C(--check); nothing is written.
+  diff_mode:
+    support: full
+    details: The agent's own diff of config.json; the agent redacts the token and passwords.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Apply the settings; enroll with the token when the agent is not registered yet
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+      check_in_interval: 300
+      tags: [web, production]
+    registration_token: "{{ vault_redflag_registration_token }}"
+  register: config
+
+- name: Re-enroll a registered host with a new token (the old identity is unregistered first)
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+    registration_token: "{{ vault_redflag_registration_token }}"
+    force_reregister: true
+
+- name: Prepare a golden image - settings, but no identity and no token
+  redflag.agent.redflag_agent_config:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    settings:
+      server_url: https://redflag.example.com
+    forget_identity: true
 """
 
 RETURN = r"""
@@ -100,6 +137,11 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    AGENT_CLI_ARGS,
+    AGENT_ENV,
+    run_agent,
+)
 
 NOT_INSTALLED = {"registered": False, "installed": False, "migrations_pending": []}
 
@@ -272,14 +314,14 @@ class Agent:
         self.base = [module.params["python"], "-I", module.params["pyz"]]
 
     def call(self, args: list[str]) -> tuple[int, str, str]:
-        return self.module.run_command(self.base + args, environ_update={"LC_ALL": "C.UTF-8"})
+        return run_agent(self.module, self.base[0], self.base[2], *args)
 
     def apply(self, payload: str) -> tuple[int, str, str]:
         return self.module.run_command(
             build_argv(self.base[0], self.base[2], self.module.check_mode),
             data=payload,
             binary_data=True,
-            environ_update={"LC_ALL": "C.UTF-8"},
+            environ_update=AGENT_ENV,
         )
 
     def status(self) -> dict[str, Any]:
@@ -308,8 +350,7 @@ class Agent:
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "python": {"type": "path", "required": True},
-            "pyz": {"type": "path", "required": True},
+            **AGENT_CLI_ARGS,
             "settings": {"type": "dict", "required": True},
             "registration_token": {"type": "str", "default": "", "no_log": True},
             "force_reregister": {"type": "bool", "default": False},

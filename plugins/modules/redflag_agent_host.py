@@ -85,6 +85,39 @@ options:
     description: Regular expression a version directory name matches.
     type: str
     default: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The unit files, before and after.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: User, directories and unit files for version 0.2.0
+  redflag.agent.redflag_agent_host:
+    version: 0.2.0
+    unit_content: "{{ lookup('ansible.builtin.template', 'redflag-agent.service.j2') }}"
+    migrate_unit_content: "{{ lookup('ansible.builtin.template', 'migrate.service.j2') }}"
+    legacy_dirs: [/etc/aggregator, /var/lib/aggregator]
+    sha256: "{{ lookup('ansible.builtin.file', 'dist/redflag-agent-0.2.0.pyz.sha256').split()[0] }}"
+  register: host
+
+- name: Copy the zipapp only when the installed one is not intact
+  ansible.builtin.copy:
+    src: dist/redflag-agent-0.2.0.pyz
+    dest: /opt/redflag-agent/0.2.0/redflag-agent.pyz
+    owner: root
+    group: root
+    mode: "0644"
+  when: not host.pyz_intact
 """
 
 RETURN = r"""
@@ -112,7 +145,6 @@ installed_versions:
   returned: always
 """
 
-import contextlib
 import grp
 import hashlib
 import os
@@ -120,10 +152,15 @@ import pwd
 import re
 import shutil
 import stat
-import tempfile
 from typing import Any, NamedTuple, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_commands import (
+    run_checked,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_files import (
+    write_atomically,
+)
 
 NOLOGIN = "/usr/sbin/nologin"
 COMMENT = "RedFlag update agent"
@@ -226,29 +263,6 @@ def empty_legacy_dir(have: Have, names: Optional[list[str]]) -> bool:
     return have.exists and have.is_dir and names == []
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """root:root `mode` (0644), fsynced, renamed over the old file; no temp file left on failure."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".redflag-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.chown(tmp, 0, 0)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class Host:
     """The I/O side: each step records what it changed; check mode only records."""
 
@@ -259,12 +273,7 @@ class Host:
         self.changes: list[str] = []
 
     def run(self, argv: list[str]) -> None:
-        rc, out, err = self.module.run_command(argv)
-        if rc != 0:
-            self.module.fail_json(
-                msg=f"{' '.join(argv)} failed (exit {rc}): {(err or out).strip()}",
-                changes=self.changes,
-            )
+        run_checked(self.module, argv, changes=self.changes)
 
     def group(self) -> Optional[int]:
         name = self.p["group"]
@@ -374,7 +383,7 @@ class Host:
             return False, diff
         self.changes.append(f"{path} written")
         if not self.check:
-            write_atomically(path, content.encode("utf-8"), mode)
+            write_atomically(self.module, path, content.encode("utf-8"), mode)
         return True, diff
 
 

@@ -56,14 +56,6 @@ options:
     description: Wait for and classify the outcome.
     type: bool
     default: true
-  python:
-    description: Interpreter that runs the agent.
-    type: path
-    required: true
-  pyz:
-    description: The agent zipapp.
-    type: path
-    required: true
   unit:
     description: The systemd unit.
     type: str
@@ -95,6 +87,46 @@ options:
     description: Clear the unit's failed state and start counter before restarting (a rollback).
     type: bool
     default: false
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - redflag.agent.agent_cli
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports the systemctl actions it would run; the outcome is C(unverified).
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Start the agent after a config change and wait for it to register
+  redflag.agent.redflag_agent_service:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    restart: "{{ config is changed }}"
+    should_run: "{{ config.status.registered or config.token_embedded }}"
+    token_embedded: "{{ config.token_embedded }}"
+  register: service
+
+- name: Fail unless the agent registered (waiting for a token passes)
+  ansible.builtin.assert:
+    that: service.outcome.status in ['registered', 'waiting-for-token', 'unverified']
+    fail_msg: "{{ inventory_hostname }}: {{ service.outcome.reason }}"
+
+- name: Health gate after an upgrade - healthy only once it checked in after the restart
+  redflag.agent.redflag_agent_service:
+    python: /usr/bin/python3
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    restart: true
+    should_run: true
+    require_checkin: true
+    retries: 40
+    delay: 3
 """
 
 RETURN = r"""
@@ -113,12 +145,17 @@ outcome:
 """
 
 import calendar
-import json
 import os
 import time
 from typing import Any, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    AGENT_CLI_ARGS,
+    run_agent,
+    status_answer,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
 STATE_PROPS = (
@@ -147,16 +184,6 @@ NEXT_REJECTED = (
     "re-run, with redflag_agent_force_reregister=true if the host was registered before"
 )
 STALE_NOTE = " (the agent's last run: this run did not start it)"
-
-
-def parse_show(text: str) -> dict[str, str]:
-    """`systemctl show -p A -p B` output (Key=Value lines) as a dict."""
-    props: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            props[key.strip()] = value.strip()
-    return props
 
 
 def _int(value: Any) -> int:
@@ -357,14 +384,6 @@ def poll_delays(retries: int, delay: float) -> list[float]:
     return pauses
 
 
-def show(module: AnsibleModule, unit: str, props: tuple[str, ...]) -> dict[str, str]:
-    argv = ["systemctl", "show", unit]
-    for prop in props:
-        argv += ["-p", prop]
-    _rc, out, _err = module.run_command(argv)
-    return parse_show(out)
-
-
 def started_at(unit: dict[str, str]) -> Optional[float]:
     """Wall-clock start of the running main process, from systemd's monotonic stamp."""
     mono_us = _int(unit.get("ExecMainStartTimestampMonotonic"))
@@ -403,14 +422,8 @@ def apply_actions(module: AnsibleModule, unit: str, actions: list[str]) -> None:
 def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, str], str]:
     """The agent's status (None when it gave no JSON object), the unit, and why not."""
     p = module.params
-    rc, out, err = module.run_command([p["python"], "-I", p["pyz"], "status", "--json"])
-    status: Optional[dict[str, Any]] = None
-    try:
-        loaded = json.loads(out) if rc == 0 else None
-    except ValueError:
-        loaded = None
-    if isinstance(loaded, dict):
-        status = loaded
+    rc, out, err = run_agent(module, p["python"], p["pyz"], "status", "--json")
+    status = status_answer(rc, out)
     why = "" if status is not None else f"exit {rc}: {(err or out or 'no output').strip()[:300]}"
     return status, show(module, p["unit"], UNIT_PROPS), why
 
@@ -418,8 +431,7 @@ def observe(module: AnsibleModule) -> tuple[Optional[dict[str, Any]], dict[str, 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "python": {"type": "path", "required": True},
-            "pyz": {"type": "path", "required": True},
+            **AGENT_CLI_ARGS,
             "unit": {"type": "str", "default": "redflag-agent.service"},
             "daemon_reload": {"type": "bool", "default": False},
             "restart": {"type": "bool", "default": False},

@@ -70,6 +70,39 @@ options:
     description: Root-only directory that holds one timestamped directory per takeover.
     type: path
     default: /var/lib/redflag-agent-takeover
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The upstream pieces found, before and after.
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Set the upstream agent aside before installing this one
+  redflag.agent.redflag_agent_takeover:
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+  register: takeover
+
+- name: Say what was taken over
+  ansible.builtin.debug:
+    msg: "{{ takeover.summary }}"
+  when: takeover.summary | length > 0
+
+- name: Upstream installed under other paths
+  redflag.agent.redflag_agent_takeover:
+    pyz: /opt/redflag-agent/current/redflag-agent.pyz
+    unit_paths:
+      - /etc/systemd/system/redflag-agent.service
+      - /usr/lib/systemd/system/redflag-agent.service
+    binaries: [/usr/local/bin/redflag-agent, /opt/redflag/bin/redflag-agent]
 """
 
 RETURN = r"""
@@ -102,6 +135,11 @@ import stat
 from typing import Any, NamedTuple, Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_commands import (
+    run_checked,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_files import fsync_dir
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
 
 MAX_UNIT_BYTES = 1 << 20
 CHUNK = 1 << 20
@@ -173,8 +211,8 @@ def loaded_is_upstream(loaded: Loaded, pyz: str) -> bool:
     )
 
 
-def parse_show(text: str) -> Loaded:
-    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+def loaded_of(props: dict[str, str]) -> Loaded:
+    """The unit as systemd has it loaded, from `systemctl show` properties (pure)."""
     return Loaded(
         props.get("LoadState", ""),
         props.get("ActiveState", ""),
@@ -391,14 +429,6 @@ def find_group(name: str) -> Group:
     return Group(name, True, entry.gr_gid, tuple(entry.gr_mem), primary)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Takeover:
     def __init__(self, module: Any) -> None:
         self.module = module
@@ -409,14 +439,10 @@ class Takeover:
         self.module.fail_json(msg=msg, changes=self.done)
 
     def systemctl(self, *args: str) -> None:
-        rc, out, err = self.module.run_command(["systemctl", *args])
-        if rc != 0:
-            self.fail(f"systemctl {' '.join(args)} failed (exit {rc}): {(err or out).strip()}")
+        run_checked(self.module, ["systemctl", *args], changes=self.done)
 
     def loaded(self) -> Loaded:
-        argv = ["systemctl", "show", self.p["unit"]] + [f"--property={n}" for n in SHOW_PROPS]
-        rc, out, _err = self.module.run_command(argv)
-        return parse_show(out) if rc == 0 else Loaded()
+        return loaded_of(show(self.module, self.p["unit"], SHOW_PROPS))
 
     def backup_root(self) -> None:
         """Create it root:root 0700, or check that it is a root-only real directory."""
@@ -505,9 +531,7 @@ class Takeover:
             unit_moved = unit_moved or a.kind == "unit"
         for a in p.actions:
             if a.op == "groupdel":
-                rc, out, err = self.module.run_command(["groupdel", a.target])
-                if rc != 0:
-                    self.fail(f"groupdel {a.target} failed (exit {rc}): {(err or out).strip()}")
+                run_checked(self.module, ["groupdel", a.target], changes=self.done)
                 self.done.append(f"group {a.target} deleted")
         if unit_moved:
             self.systemctl("daemon-reload")

@@ -49,6 +49,41 @@ options:
   python:
     description: Interpreter that runs the agent (needed with I(rollback)).
     type: path
+author:
+  - redflag-provision developers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports the link switch and the versions it would prune.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Linux hosts with systemd (Debian, Ubuntu, RHEL and its rebuilds, Fedora).
+"""
+
+EXAMPLES = r"""
+- name: Activate 0.2.0 and keep the previous version for a rollback
+  redflag.agent.redflag_agent_version:
+    version: 0.2.0
+    keep_versions: 2
+    version_re: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+  register: versions
+
+- name: Roll back to 0.1.9 when it can still read the config the newer version left
+  redflag.agent.redflag_agent_version:
+    version: 0.1.9
+    version_re: '^[0-9]+(\.[0-9]+){1,3}([-+.~][0-9A-Za-z.]+)?$'
+    rollback: true
+    python: /usr/bin/python3
+  register: rollback
+
+- name: Report a refused rollback
+  ansible.builtin.debug:
+    msg: "{{ rollback.refused }}"
+  when: rollback.refused | length > 0
 """
 
 RETURN = r"""
@@ -80,13 +115,16 @@ refused:
   returned: always
 """
 
-import json
 import os
 import re
 import shutil
-from typing import Any, Optional
+from typing import Optional
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli import (
+    run_agent,
+    status_answer,
+)
 
 PYZ = "redflag-agent.pyz"
 
@@ -117,11 +155,8 @@ def rollback_blocker(
     cannot read (a newer schema: the agent would stop with exit 78) would lose the host,
     so the rollback is refused and says why instead. None: safe to switch back.
     """
-    try:
-        status: Any = json.loads(out) if rc == 0 else None
-    except ValueError:
-        status = None
-    if not isinstance(status, dict):
+    status = status_answer(rc, out)
+    if status is None:
         detail = (err or out or "").strip().splitlines()
         return (
             f"version {version} cannot report its status here (status --json exited {rc}"
@@ -213,9 +248,8 @@ def main() -> None:
         )
     versions.require_pyz(version_dir)
     if p["rollback"]:
-        rc, out, err = module.run_command(
-            [p["python"], "-I", os.path.join(version_dir, PYZ), "status", "--json"],
-            environ_update={"LC_ALL": "C.UTF-8"},
+        rc, out, err = run_agent(
+            module, p["python"], os.path.join(version_dir, PYZ), "status", "--json"
         )
         refused = rollback_blocker(p["version"], rc, out, err)
         if refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,16 @@ PLAYBOOKS = REPO / "playbooks"
 # The collection's plugins (the repository root is the collection root).
 MODULES = REPO / "plugins" / "modules"
 FILTERS = REPO / "plugins" / "filter"
+# The modules import module_utils as ansible_collections.redflag.agent.plugins.module_utils.*:
+# .collections/ansible_collections/redflag/agent links back to this checkout, so that
+# directory on sys.path resolves them here (namespace packages; ansible's collection loader
+# is never installed in the test process), and on PYTHONPATH for modules run as scripts.
+COLLECTIONS = REPO / ".collections"
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(COLLECTIONS)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 def load_source(name: str, path: Path) -> ModuleType:

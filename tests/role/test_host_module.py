@@ -58,23 +58,4 @@ def test_installed_lists_versions_and_current(host_module, tmp_path):
     assert host_module.installed(str(tmp_path / "missing"), version_re) == (None, [])
 
 
-def test_write_atomically_leaves_no_temp_file_on_failure(host_module, tmp_path, monkeypatch):
-    target = tmp_path / "redflag-agent.service"
-    target.write_text("old\n")
-
-    def refuse(*_args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(host_module.os, "rename", refuse)
-    with pytest.raises(OSError, match="disk full"):
-        host_module.write_atomically(str(target), b"new\n")
-    assert target.read_text() == "old\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["redflag-agent.service"]
-
-
-def test_write_atomically_replaces_with_mode_0644(host_module, tmp_path):
-    target = tmp_path / "redflag-agent.service"
-    target.write_text("old\n")
-    host_module.write_atomically(str(target), b"new\n")
-    assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["redflag-agent.service"]
+# write_atomically moved to module_utils: tests/role/test_module_utils.py

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
 
 from conftest import ROLE
 
@@ -40,7 +42,10 @@ def run_module(host_module, tree):
             **extra,
         }
         warnings: list[str] = []
-        module = SimpleNamespace(params=params, check_mode=check, warn=warnings.append)
+        with patch_module_args({}):  # the unit files go through AnsibleModule.atomic_move
+            real = AnsibleModule(argument_spec={})
+        module = SimpleNamespace(params=params, check_mode=check, warn=warnings.append,
+                                 atomic_move=real.atomic_move)
         host = host_module.Host(module)
         for path in params["legacy_dirs"]:
             host.legacy_dir(path)

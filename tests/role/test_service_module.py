@@ -66,9 +66,14 @@ def test_decide(service_module, status, props, token_embedded, state, fragment):
     assert (got_state, fragment in reason) == (state, True), reason
 
 
-def test_parse_show(service_module):
+def test_parse_show():
+    # The service module's systemctl show parser lives in module_utils now.
+    from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
+        parse_show,
+    )
+
     text = "ActiveState=failed\nSubState=failed\nExecMainStatus=78\nNRestarts=0\nbroken line\n"
-    assert service_module.parse_show(text) == {
+    assert parse_show(text) == {
         "ActiveState": "failed",
         "SubState": "failed",
         "ExecMainStatus": "78",

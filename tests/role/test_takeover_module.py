@@ -10,6 +10,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
+    parse_show,
+)
 
 from conftest import MODULES, load_source
 
@@ -79,10 +82,10 @@ def test_parse_show():
         "LoadState=loaded\nActiveState=activating\nUnitFileState=enabled\n"
         "ExecStart={ path=/a ; argv[]=/a x=y }\n"
     )
-    assert tk.parse_show(text) == tk.Loaded(
+    assert tk.loaded_of(parse_show(text)) == tk.Loaded(
         "loaded", "activating", "enabled", "{ path=/a ; argv[]=/a x=y }"
     )
-    assert tk.parse_show("") == tk.Loaded()
+    assert tk.loaded_of(parse_show("")) == tk.Loaded()
 
 
 @pytest.mark.parametrize(
