@@ -43,6 +43,8 @@ def write_atomically(module: Any, path: str, data: bytes, mode: int = 0o644) -> 
             module.atomic_move(tmp, path, keep_dest_attrs=False)
         finally:
             os.umask(umask)
+        # atomic_move gives a file it creates 0666 & ~umask: 0644 where `mode` wants 0755
+        os.chmod(path, mode)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import jinja2
 import pytest
 import yaml
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.testing import patch_module_args
 
 from conftest import ROLE, load_yaml
 
@@ -64,7 +66,8 @@ def test_install_passes_path_and_template_and_remove_deletes_the_same_path():
 def test_command_is_not_an_upstream_path_the_takeover_moves():
     # takeover.yml moves every file at these paths into its backup: our command there would
     # be moved away on every run (no idempotence) and the host left without it.
-    path = _host_task()["command_path"]
+    assert _host_task()["command_path"] == "{{ redflag_agent__command_path }}"
+    path = VARS["redflag_agent__command_path"]
     assert path not in VARS["redflag_agent__upstream_binaries"]
     assert os.path.basename(path) == "redflag-agent"
 
@@ -93,7 +96,10 @@ def run_command(host_module, tmp_path):
             "command_path": str(path or tmp_path / "sbin" / "redflag-agent"),
             "command_content": content,
         }
-        module = SimpleNamespace(params=params, check_mode=check, warn=lambda _m: None)
+        with patch_module_args({}):  # the file goes through AnsibleModule.atomic_move
+            real = AnsibleModule(argument_spec={})
+        module = SimpleNamespace(params=params, check_mode=check, warn=lambda _m: None,
+                                 atomic_move=real.atomic_move)
         host = host_module.Host(module)
         diffs = host.command()
         return host.changes, diffs

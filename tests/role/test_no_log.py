@@ -61,7 +61,13 @@ def _module_spec(name: str) -> dict:
     tree = ast.parse((MODULES / f"{name}.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "argument_spec":
-            return ast.literal_eval(node.value)
+            # the module's own options; `**AGENT_CLI_ARGS` (python, pyz) carries no secret
+            assert isinstance(node.value, ast.Dict)
+            return {
+                ast.literal_eval(k): ast.literal_eval(v)
+                for k, v in zip(node.value.keys, node.value.values)
+                if k is not None
+            }
     raise AssertionError(f"{name}.py has no argument_spec literal")
 
 
