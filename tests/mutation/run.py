@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "build" / "mutation"  # --work changes it (two runs at once need two)
@@ -219,17 +220,40 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           255: "timeout", None: "not checked"}
 
 
-def report(files: list[str], min_score: float, diffs: bool) -> int:
+def read_codes(mutants: Path, f: str) -> Optional[dict[str, Any]]:
+    meta = mutants / (str(staged_path(f)) + ".meta")
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else None
+
+
+def not_killed(mutants: Path, files: list[str]) -> list[str]:
+    """The mutants of an earlier run that no test killed (what new tests are for)."""
+    names = []
+    for f in files:
+        codes = read_codes(mutants, f)
+        if codes is None:
+            sys.exit(f"mutation: no earlier results for {f} in {mutants}")
+        names += [n for n, c in codes.items() if STATUS.get(c) != "killed"]
+    return sorted(names)
+
+
+def report(files: list[str], min_score: float, diffs: bool,
+           earlier: Optional[Path] = None) -> int:
     equivalent = load_equivalent()
     seen_equivalent: set[str] = set()
     rows = []
     survivors: list[str] = []
     for f in files:
-        meta = MUTANTS / (str(staged_path(f)) + ".meta")
-        if not meta.exists():
+        codes = read_codes(MUTANTS, f)
+        if codes is not None and earlier is not None:
+            # a mutant killed earlier stays killed: the tests then are still in the selection
+            old = read_codes(earlier, f) or {}
+            if set(old) != set(codes):
+                sys.exit(f"mutation: {f} has other mutants than in {earlier}: the code "
+                         "changed, run without --rerun-survivors-of")
+            codes = {n: (c if old[n] not in (1, 3) else old[n]) for n, c in codes.items()}
+        if codes is None:
             rows.append((f, None))
             continue
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
         count = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0,
                  "equivalent": 0}
         for name, code in sorted(codes.items()):
@@ -300,6 +324,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "build" / "mutation",
                         help="staging directory (default build/mutation)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--rerun-survivors-of", type=Path, metavar="WORKDIR",
+                        help="run only the mutants an earlier run (its --work directory) did "
+                             "not kill, and score them together with its kills")
     parser.add_argument("--mutant", action="append", default=[],
                         help="re-run only these mutant names (globs), implies --keep")
     args = parser.parse_args()
@@ -324,6 +351,10 @@ def main() -> int:
             sys.exit("mutation: no in-process tests selected for these files")
         print(f"mutation: {len(files)} file(s), {len(tests)} tests in the selection")
         stage(files, tests, fresh=not (args.keep or args.mutant))
+        if args.rerun_survivors_of:
+            earlier = args.rerun_survivors_of.resolve() / "mutants"
+            args.mutant = not_killed(earlier, files)
+            print(f"mutation: re-running the {len(args.mutant)} mutants {earlier} did not kill")
         start = time.monotonic()
         mutmut = Path(sys.executable).parent / "mutmut"
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDFLAG_")}
@@ -332,7 +363,8 @@ def main() -> int:
         print(f"mutation: mutmut finished in {time.monotonic() - start:.0f} s (exit {rc})")
         if rc != 0:
             return rc
-    return report(files, args.min_score, args.diffs)
+    earlier = args.rerun_survivors_of.resolve() / "mutants" if args.rerun_survivors_of else None
+    return report(files, args.min_score, args.diffs, earlier)
 
 
 if __name__ == "__main__":
