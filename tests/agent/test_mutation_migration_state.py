@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import time
 
 import pytest
 
@@ -196,3 +197,30 @@ RECORDED = [
                          ids=[c[0] for c in RECORDED])
 def test_recorded_layout(state, layout):
     assert st.recorded_layout(state) == layout
+
+
+def test_the_set_aside_name_is_stamped_in_utc(tmp_root, monkeypatch):
+    # a host clock in another zone must not change the name (the logs say UTC)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        tmp_root.migration_state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp_root.migration_state_file.write_text("not json")
+        before = time.strftime("%Y%m%dT%H", time.gmtime())
+        name = st.set_aside_corrupt(tmp_root)
+        after = time.strftime("%Y%m%dT%H", time.gmtime())
+        assert name[len("migration_state.json.corrupt-"):][:11] in (before, after)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_state_file_gone_before_the_rename_is_nothing_set_aside(tmp_root, monkeypatch):
+    tmp_root.migration_state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root.migration_state_file.write_text("not json")
+
+    def vanished(*_a, **_k):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(st.safefs, "rename", vanished)
+    assert st.set_aside_corrupt(tmp_root) is None
