@@ -156,3 +156,26 @@ def test_an_unreadable_manifest_says_to_inspect_it(tmp_root):
         backup.load_manifest(tmp_root, NAME)
     assert str(err.value) == (f"backup {where}: manifest without entries; inspect it before "
                               "migrating again")
+
+
+def test_a_failed_takeover_puts_every_upstream_object_back(tmp_root):
+    from redflag_agent import migration
+    from redflag_agent.migration.faults import FAULT_ENV
+
+    from .migration_fixtures import make_v0119, make_v02, quiet_logger
+
+    make_v0119(tmp_root)
+    make_v02(tmp_root, backups=1)
+    os.symlink("state/pending_acks.json", tmp_root.v02_state_dir / "acks-link")
+    (tmp_root.v02_state_dir / "loose.txt").write_text("a file beside the state dirs")
+    os.chmod(tmp_root.v02_server_dir, 0o711)  # noqa: S103 - a mode to restore
+    os.chmod(tmp_root.upstream_etc_dir, 0o751)  # noqa: S103 - a mode to restore
+    ours = {"etc/redflag-agent", "var/lib/redflag-agent"}  # made before the backup
+
+    def upstream():
+        return {k: v for k, v in contents(tmp_root.root).items() if k not in ours}
+
+    before = upstream()
+    report = migration.execute(tmp_root, quiet_logger(), environ={FAULT_ENV: "security:enospc"})
+    assert (report.ok, report.failed_phase) == (False, "security")
+    assert upstream() == before

@@ -146,3 +146,18 @@ def test_dry_run_and_blocked_reports(tmp_root):
     assert (bad.ok, bad.dry_run, bad.failed_phase, bad.phases_planned) == (
         False, True, None, [])
     assert bad.message.startswith("cannot migrate: the legacy config cannot be migrated: ")
+
+
+def test_a_planted_symlink_is_refused_before_any_change(tmp_root, tmp_path):
+    make_legacy(tmp_root)
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}")
+    tmp_root.legacy_config_file.unlink()
+    tmp_root.legacy_config_file.symlink_to(target)
+    before = contents(tmp_root.root)
+    report = _run(tmp_root)
+    assert (report.ok, report.config_usable, report.failed_phase) == (False, False, "directory")
+    assert report.phases_planned == ["directory", "security"]
+    assert report.message.startswith("migration refused, nothing was changed: ")
+    assert str(tmp_root.legacy_config_file) in report.message
+    assert contents(tmp_root.root) == before and target.read_text() == "{}"
