@@ -56,6 +56,8 @@ MERGE = [
      {"version": 5}, []),
     ("the older version wins: the current one", {"version": 5}, {"version": "6"},
      {"version": 5}, []),
+    ("the same version: the current file's spelling of it", {"version": 6}, {"version": "6"},
+     {"version": 6}, []),
     ("no identity anywhere: explicit nulls of the current survive",
      {"agent_id": None, "token": None, "registration_token": None}, {"server_url": "u"},
      {"server_url": "u", "agent_id": None, "token": None, "registration_token": None}, []),
@@ -112,10 +114,12 @@ def test_merge_upstream_words_its_notes_for_the_upstream_layout():
         f"current (or a newer upstream) one ({A}, identity complete); the current (or a newer "
         "upstream) identity is kept and the upstream 0.2 one stays in the migration backup"]
     assert merge_upstream(None, []) == (None, [])
-    alone = {"x": 1}
+    alone = {"n": {"x": 1}}
     got, _ = merge_upstream(alone, [])
-    got["x"] = 2
-    assert alone == {"x": 1}
+    got["n"]["x"] = 2
+    assert alone == {"n": {"x": 1}}
+    # a layout without a config is skipped, the next one still merged
+    assert merge_upstream(None, [("0.2", None), ("0.1.19-0.1.23", {"x": 1})]) == ({"x": 1}, [])
 
 
 def test_strip_bookkeeping():
@@ -139,6 +143,12 @@ AMONG = [
      [("current", None), ("0.2", complete(B)), ("0.1.19-0.1.23", {"agent_id": A})], "0.2", B,
      "0.1.19-0.1.23 holds another agent_id than 0.2; 0.2's identity is kept and "
      "0.1.19-0.1.23's stays in the migration backup"),
+    ("two set aside: both named",
+     [("current", complete(A)), ("0.2", complete(B)), ("0.1.19-0.1.23", {"agent_id": B[::-1]})],
+     "current", A,
+     "0.2 holds another agent_id than current; current's identity is kept and 0.2's stays in "
+     "the migration backup; 0.1.19-0.1.23 holds another agent_id than current; current's "
+     "identity is kept and 0.1.19-0.1.23's stays in the migration backup"),
     ("same agent in two: one agent, no note",
      [("current", {"agent_id": A, "token": "t"}), ("0.2", {"agent_id": A, "refresh_token": "r"})],
      "current", A, None),
@@ -226,3 +236,16 @@ def test_takeover_moves_newest_first_and_only_what_is_ours_to_keep():
     ]
     # a file 0.1.19's config names is not 0.2's to keep, and the reverse
     assert takeover_moves(P, UpstreamNames(etc=("ref",)), None, v02) == []
+
+
+def test_takeover_never_moves_the_layouts_own_files_even_when_tls_names_them():
+    names = UpstreamNames(etc=("config.json", "agent", "agent_id", "server", "notes"),
+                          v02_config=("config.json",))
+    v0119 = {"tls": {"ca_file": "/etc/redflag/config.json", "cert_file": "/etc/redflag/agent",
+                     "key_file": "/etc/redflag/agent_id"}}
+    v02 = {"tls": {"ca_file": "/etc/redflag/agent/config.json"}}
+    assert takeover_moves(P, names, v0119, v02) == []
+    assert takeover_moves(P, UpstreamNames(etc=("server",)),
+                          {"tls": {"ca_file": "/etc/redflag/server"}}, None) == []
+    # only the tls file settings count: another string naming a file moves nothing
+    assert takeover_moves(P, names, {"tls": {"min_version": "/etc/redflag/notes"}}, None) == []
