@@ -161,3 +161,37 @@ def test_a_planted_symlink_is_refused_before_any_change(tmp_root, tmp_path):
     assert report.message.startswith("migration refused, nothing was changed: ")
     assert str(tmp_root.legacy_config_file) in report.message
     assert contents(tmp_root.root) == before and target.read_text() == "{}"
+
+
+def test_the_journal_tells_the_rollback_and_a_failure_that_could_not_be_recorded(
+        tmp_root, monkeypatch, caplog):
+    make_legacy(tmp_root)
+    real_save = executor.save_state
+
+    def no_failure_record(paths, state):
+        if state.get("failures"):
+            raise OSError(28, "No space left on device")
+        return real_save(paths, state)
+
+    monkeypatch.setattr(executor, "save_state", no_failure_record)
+    caplog.set_level("INFO", logger="test.migration")
+    report = _run(tmp_root, **{FAULT_ENV: "config:enospc"})
+    lines = [r.getMessage() for r in caplog.records]
+    where = tmp_root.backups_dir / report.backup
+    assert f"migration phase 'config' failed ({ENOSPC}); restoring from {where}" in lines
+    assert "restored everything from before the migration" in lines
+    assert (f"could not record the migration failure in {tmp_root.migration_state_file}: "
+            "[Errno 28] No space left on device") in lines
+    assert lines[-1] == report.message
+
+
+def test_a_backup_that_cannot_be_taken_is_given_up_without_originals_to_point_at(tmp_root):
+    make_legacy(tmp_root)
+    for _ in range(MAX_ATTEMPTS):
+        report = _run(tmp_root, **{FAULT_ENV: "backup:enospc"})
+    assert report.backup is None and report.failed_phase == "directory"
+    assert report.message.startswith(
+        f"migration phase 'directory' failed: could not take the backup in "
+        f"{tmp_root.backups_dir}: ")
+    assert report.message.endswith(
+        f"; {RETRY}; and there is no usable config in {tmp_root.config_file}")
