@@ -13,7 +13,7 @@ from redflag_agent.migration import backup
 from redflag_agent.migration.merge import legacy_moves
 from redflag_agent.migration.model import MigrationError
 
-from .migration_fixtures import contents, fresh_config, make_current, make_legacy
+from .migration_fixtures import contents, fresh_config, make_current, make_legacy, tree
 
 NAME = "20260101T000000Z"
 
@@ -63,9 +63,9 @@ def test_restore_undoes_every_kind_of_change(tmp_root):
 
 def test_restore_of_an_untouched_host_changes_nothing(tmp_root):
     manifest = _host(tmp_root)
-    before = contents(tmp_root.root)
+    before = tree(tmp_root.root)
     backup.restore(tmp_root, NAME, manifest)
-    assert contents(tmp_root.root) == before
+    assert tree(tmp_root.root) == before  # mtimes included: identical files are not rewritten
 
 
 def test_restore_removes_a_directory_standing_where_a_file_was(tmp_root):
