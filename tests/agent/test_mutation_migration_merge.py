@@ -52,6 +52,14 @@ MERGE = [
       "theirs": 2}, []),
     ("a current object over a legacy scalar replaces it",
      {"proxy": {"enabled": True}}, {"proxy": "none"}, {"proxy": {"enabled": True}}, []),
+    ("a missing version is the oldest: the merged config has none", {"x": 1}, {"version": 5},
+     {"x": 1}, []),
+    ("no identity anywhere: a legacy token is not overwritten by a current null",
+     {"token": None}, {"token": "t"}, {"token": "t"}, []),
+    ("no identity anywhere: an empty current agent_id is kept as it is",
+     {"agent_id": ""}, {"x": 1}, {"x": 1, "agent_id": ""}, []),
+    ("a legacy registration token beside a complete current identity is dropped, and said",
+     complete(A), {"registration_token": "old"}, complete(A), [DROPPED]),
     ("the older version wins: the legacy one", {"version": "6"}, {"version": 5},
      {"version": 5}, []),
     ("the older version wins: the current one", {"version": 5}, {"version": "6"},
@@ -95,6 +103,19 @@ def test_merge_legacy_table(current, legacy, merged, notes):
     out, said = merge_legacy(current, legacy)
     assert (out, said) == (merged, notes)
     assert (current, legacy) == before  # inputs untouched: the files they came from stay
+
+
+def test_the_merged_config_shares_nothing_with_the_files_it_came_from():
+    current = {"network": {"tls": {"a": 1}}, "tags": [["x"]], "n": {"k": [1]}}
+    legacy = {"proxy": {"e": {"b": 1}}, "network": {"t": 1}, "list": [[1]]}
+    before = copy.deepcopy((current, legacy))
+    out, _ = merge_legacy(current, legacy)
+    out["network"]["tls"]["a"] = 2
+    out["tags"][0].append("y")
+    out["n"]["k"].append(2)
+    out["proxy"]["e"]["b"] = 2
+    out["list"][0].append(2)
+    assert (current, legacy) == before
 
 
 def test_merge_legacy_returns_a_copy_of_the_current():

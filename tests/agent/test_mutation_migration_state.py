@@ -208,8 +208,11 @@ def test_the_set_aside_name_is_stamped_in_utc(tmp_root, monkeypatch):
         tmp_root.migration_state_file.write_text("not json")
         before = time.strftime("%Y%m%dT%H", time.gmtime())
         name = st.set_aside_corrupt(tmp_root)
+        stamp = st.utc_now()
         after = time.strftime("%Y%m%dT%H", time.gmtime())
         assert name[len("migration_state.json.corrupt-"):][:11] in (before, after)
+        # the completed_at/last_at stamps too
+        assert stamp.replace("-", "").replace(":", "")[:11] in (before, after)
     finally:
         monkeypatch.undo()
         time.tzset()
