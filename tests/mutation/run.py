@@ -251,6 +251,11 @@ def report(files: list[str], min_score: float, diffs: bool,
                 sys.exit(f"mutation: {f} has other mutants than in {earlier}: the code "
                          "changed, run without --rerun-survivors-of")
             codes = {n: (c if old[n] not in (1, 3) else old[n]) for n, c in codes.items()}
+            # keep the whole picture here, so a later --rerun-survivors-of this run works
+            meta = MUTANTS / (str(staged_path(f)) + ".meta")
+            data = json.loads(meta.read_text())
+            data["exit_code_by_key"] = codes
+            meta.write_text(json.dumps(data, indent=4))
         if codes is None:
             rows.append((f, None))
             continue
