@@ -227,3 +227,12 @@ def test_a_state_file_gone_before_the_rename_is_nothing_set_aside(tmp_root, monk
 
     monkeypatch.setattr(st.safefs, "rename", vanished)
     assert st.set_aside_corrupt(tmp_root) is None
+
+
+def test_an_oversized_state_file_is_reported_not_read(tmp_root):
+    tmp_root.migration_state_file.parent.mkdir(parents=True, exist_ok=True)
+    # valid JSON, but larger than any state file the agent writes (the 1 MiB bound)
+    tmp_root.migration_state_file.write_text(" " * (1024 * 1024) + "{}")
+    state, error = st.load_state(tmp_root)
+    assert state == st.empty_state()
+    assert error and str(tmp_root.migration_state_file) in error
