@@ -259,8 +259,8 @@ def report(files: list[str], min_score: float, diffs: bool,
         if codes is None:
             rows.append((f, None))
             continue
-        count = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0,
-                 "equivalent": 0}
+        count = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "not checked": 0,
+                 "other": 0, "equivalent": 0}
         for name, code in sorted(codes.items()):
             status = STATUS.get(code, "other")
             if name in equivalent:
@@ -279,7 +279,7 @@ def report(files: list[str], min_score: float, diffs: bool,
         rows.append((f, (total, count, score)))
 
     head = (f"{'file':<52} {'mutants':>7} {'killed':>6} {'surv':>5} {'tmout':>5} "
-            f"{'notest':>6} {'equiv':>5} {'score':>6}")
+            f"{'notest':>6} {'unchk':>5} {'equiv':>5} {'score':>6}")
     print()
     print(head)
     print("-" * len(head))
@@ -291,7 +291,8 @@ def report(files: list[str], min_score: float, diffs: bool,
             continue
         total, c, score = row
         print(f"{f:<52} {total:>7} {c['killed']:>6} {c['survived']:>5} {c['timeout']:>5} "
-              f"{c['no tests'] + c['other']:>6} {c['equivalent']:>5} {score:>5.1f}%")
+              f"{c['no tests'] + c['other']:>6} {c['not checked']:>5} {c['equivalent']:>5} "
+              f"{score:>5.1f}%")
         if score < min_score:
             failed.append(f)
     print()
