@@ -67,6 +67,19 @@ test: lint unit molecule  ## everything CI runs
 prove: venv  ## property suite, long profile: more generated host states (count and time at the end)
 	HYPOTHESIS_PROFILE=prove $(BIN)/python -m pytest tests/property -q --hypothesis-show-statistics
 
+# Decision code under mutation testing. The role's enrollment module is named once, here.
+ENROLL_MODULE ?= plugins/modules/redflag_agent_config.py
+MUTATE_FILES := $(addprefix agent_src/redflag_agent/migration/,decide.py merge.py state.py executor.py backup.py) \
+	$(addprefix agent_src/redflag_agent/,registration.py config.py runner.py backoff.py checkin.py) \
+	$(ENROLL_MODULE)
+FILES ?= $(MUTATE_FILES)
+MUTATE_MIN ?= 90
+MUTATE_JOBS ?= 2
+
+.PHONY: mutate
+mutate: venv  ## mutation testing of the decision code (FILES=... to restrict); not part of test
+	$(BIN)/python tests/mutation/run.py --jobs $(MUTATE_JOBS) --min-score $(MUTATE_MIN) $(FILES)
+
 .PHONY: demo
 demo: venv system-deps  ## stand-in server + 3-host demo fleet, rolled out by playbooks/site.yml
 	bash demo/demo.sh
@@ -83,7 +96,7 @@ bench: venv image  ## benchmarks: rollout, re-run, agent start-up, registration 
 
 .PHONY: clean
 clean:  ## remove build output (not the venv)
-	rm -rf dist build .pytest_cache .ruff_cache
+	rm -rf dist build mutants .pytest_cache .ruff_cache
 
 .PHONY: sanity
 sanity: venv  ## ansible-test sanity over the built collection (tests/sanity/run.sh)

@@ -45,7 +45,7 @@ def normalize(raw: Any) -> dict[str, Any]:
         if phase not in PHASES or not isinstance(info, dict) or not isinstance(
                 info.get("attempts"), int):
             raise ValueError(f"'failures.{phase}' must be {{\"attempts\": <int>, "
-                             "\"reason\": <text>}} for a known phase")
+                             "\"reason\": <text>} for a known phase")
     ip = state.get("in_progress")
     if ip is not None and (
             not isinstance(ip, dict) or not isinstance(ip.get("backup"), str)
