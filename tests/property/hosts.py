@@ -120,6 +120,7 @@ class HostState:
     v0119: UpstreamSpec = UpstreamSpec()
     v02: UpstreamSpec = UpstreamSpec()
     litter_identity: Optional[IdentitySpec] = None  # a copy of a registered config in litter
+    surplus_litter: bool = False  # an upstream-named directory inside our migration_backups
 
 
 # --- strategies --------------------------------------------------------------------------
@@ -138,7 +139,7 @@ reg_tokens = st.sampled_from((None, "real", "fake"))
 
 @st.composite
 def legacy_specs(draw: st.DrawFn) -> LegacySpec:
-    layout = draw(st.sampled_from(("none", "config_dir", "state_dir", "both")))
+    layout = draw(st.sampled_from(("none", "none", "config_dir", "state_dir", "both")))
     if layout == "none":
         return LegacySpec("none")
     config, version, identity, token = "absent", None, None, None
@@ -181,7 +182,7 @@ def current_specs(draw: st.DrawFn) -> CurrentSpec:
 def upstream_specs(v02: bool) -> st.SearchStrategy[UpstreamSpec]:
     @st.composite
     def spec(draw: st.DrawFn) -> UpstreamSpec:
-        if not draw(st.booleans()):
+        if not draw(st.sampled_from((False, False, True))):  # alone or with others, not always
             return UpstreamSpec()
         config = draw(st.sampled_from(("absent", "ok", "ok", "ok", "corrupt")))
         identity, token, recorded = None, None, "none"
@@ -234,13 +235,14 @@ host_states = st.builds(
     migration=migration_specs(),
     backups=st.integers(0, 4),
     stale_partial=st.booleans(),
-    upstream_litter=st.integers(0, 2),
+    upstream_litter=st.sampled_from((0, 0, 1, 2)),
     machine_id=st.sampled_from(("same", "changed", "absent")),
     crash_at=st.none() | st.sampled_from(CRASH_POINTS),
     server=st.sampled_from(GENERATIONS),
     v0119=upstream_specs(v02=False),
     v02=upstream_specs(v02=True),
     litter_identity=st.none() | identities(),
+    surplus_litter=st.sampled_from((False, False, False, True)),
 )
 
 
@@ -627,7 +629,8 @@ def build(root: Path, world: World, state: HostState) -> Built:
     # current layout, as the role lays it down (dirs 0750, config 0600)
     cdir, sdir = etc / "redflag-agent", var / "redflag-agent"
     needs_state_dir = (cur.state_dir or state.migration.kind != "none" or state.backups
-                       or state.stale_partial or state.upstream_litter or v19.present)
+                       or state.stale_partial or state.upstream_litter or v19.present
+                       or state.surplus_litter)
     if cur.config_dir or cur.kind != "absent":
         cdir.mkdir(parents=True, mode=0o750)
     if needs_state_dir:
@@ -654,6 +657,10 @@ def build(root: Path, world: World, state: HostState) -> Built:
                   state.litter_identity, cfg, False)
         _write(litter / "config.json", _json(cfg), 0o600)
         _write(litter / "migration.log", b"migration required: 0.1.23.6 -> 6\n", 0o600)
+    if state.surplus_litter:
+        surplus = sdir / "migration_backups" / "2025-01-01-000030"
+        _write(surplus / "config.json", _json({"server_url": world.server_url}), 0o600)
+        os.chmod(sdir / "migration_backups", 0o700)
     return built
 
 

@@ -202,7 +202,8 @@ def _check_host(root: Path, world: World, pyz: Path, state: HostState, exempt: b
          f"{checked[0].rc}/{checked[1].rc}/{checked[2].rc}")
     layouts = [name for name, here in (
         ("0.1.18", state.legacy.layout != "none"), ("0.1.19", state.v0119.present),
-        ("0.2", state.v02.present), ("litter", state.upstream_litter > 0)) if here]
+        ("0.2", state.v02.present),
+        ("litter", state.upstream_litter > 0 or state.surplus_litter)) if here]
     note(f"upstream layouts: {'+'.join(layouts) or 'none'}")
 
     # 5. documented exit codes only, never a traceback
@@ -285,9 +286,9 @@ def _check_host(root: Path, world: World, pyz: Path, state: HostState, exempt: b
 def check_binding_outcome(state: HostState, world: World, built: Built, *, host: str,
                           after: dict[str, tuple[Any, ...]], checked: list[Ran],
                           grown: int) -> None:
-    only_current = (state.legacy.layout == "none" and not state.v0119.present
-                    and not state.v02.present and [c.where for c in built.sources] == [CONFIG])
-    if not only_current:
+    # only config.json holds an identity the agent could take (no other, not even a fake one)
+    others = (state.legacy.identity, state.v0119.identity, state.v02.identity)
+    if any(o is not None for o in others) or [c.where for c in built.sources] != [CONFIG]:
         return
     copy_ = built.sources[0]
     ident = world.slots[copy_.spec.index]
