@@ -779,6 +779,7 @@ class Ran:
     rc: int
     out: str
     err: str
+    signalled: bool = False  # the test sent SIGTERM (run_service)
 
 
 def run_agent(pyz: Path, root: Path, *args: str, timeout: float = 30, **env: str) -> Ran:
@@ -802,7 +803,8 @@ def run_service(pyz: Path, root: Path, deadline: float = 2.0) -> Ran:
             # handler (test_counterexamples.py::test_sigterm_while_entering_sleep_stops_the_agent)
             break
         time.sleep(0.02)
-    if proc.poll() is None:
+    signalled = proc.poll() is None
+    if signalled:
         proc.send_signal(signal.SIGTERM)
     try:
         out, err = proc.communicate(timeout=10)
@@ -810,7 +812,7 @@ def run_service(pyz: Path, root: Path, deadline: float = 2.0) -> Ran:
         proc.kill()
         out, err = proc.communicate()
         err += "\n(test: killed, it did not stop within 10 s of SIGTERM)"
-    return Ran("run", proc.returncode, out, err)
+    return Ran("run", proc.returncode, out, err, signalled)
 
 
 def _checked_in(status: Path) -> bool:

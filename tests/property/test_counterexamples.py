@@ -95,8 +95,9 @@ sys.path.insert(0, sys.argv[1])
 from redflag_agent.signals import Terminated, Terminator
 term = Terminator()
 term.install()
-print("ready", flush=True)
 try:
+    # inside the try: under load the SIGTERM can land before the loop starts
+    print("ready", flush=True)
     while True:
         term.sleep(0)
 except Terminated:

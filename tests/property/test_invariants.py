@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -208,6 +209,12 @@ def _check_host(root: Path, world: World, pyz: Path, state: HostState, exempt: b
 
     # 5. documented exit codes only, never a traceback
     for r in checked:
+        if r.signalled and r.rc == -signal.SIGTERM:
+            # our SIGTERM landed where Python runs no handler: while the interpreter starts,
+            # or tears down after the agent chose its exit code (seen under load ~10, on
+            # its way out with 77). systemd counts death by its stop signal as a clean stop.
+            note("run: ended by SIGTERM outside its handler")
+            continue
         assert r.rc in DOCUMENTED_EXITS, f"invariant 5: `{r.what}` exit {r.rc}\n{show(checked)}"
         assert "Traceback" not in r.err + r.out, f"invariant 5: traceback\n{show(checked)}"
 
