@@ -23,8 +23,9 @@ from .hosts import (
 )
 
 # Every example starts three or four agent processes (0.3-0.7 s): no per-example deadline;
-# a fixed seed and a bounded count in `make test` (40-80 s on 2 cores); `make prove`
-# (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N, default 600) explores new random states.
+# a fixed seed and a bounded count in `make test` (about 50 s of CPU on 2 cores: 1 min wall
+# when idle, 3-4 min at load 12); `make prove` (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N,
+# default 600) explores new random states.
 _COMMON = {"deadline": None, "database": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
