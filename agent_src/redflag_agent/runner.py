@@ -234,8 +234,9 @@ class Runner:
             left = identity_left_behind(self.paths, self.log)
             if left is not None:
                 message = (f"a usable agent identity is in {left}, but no migration will take "
-                           "it over (its phase is recorded as done, or was given up); "
-                           "registering now would put a second agent on the server. Fix: run "
+                           "it over (its phase is recorded as done, was given up, or the file "
+                           "cannot be migrated: see the error above); registering now would "
+                           "put a second agent on the server. Fix: fix that file, or run "
                            "`redflag-agent migrate --retry-failed` as root to take it over, "
                            f"or move {left} away if that identity is stale; then start again")
                 self.log.error("%s", message)

@@ -1,14 +1,13 @@
 """Session fixtures of the property suite: hypothesis profiles, the built zipapp, the stand-in
-server as a process, a pool of agents registered with it, and the example counter."""
+server of each generation as a process, and the example counter."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,17 @@ from hypothesis import HealthCheck, Phase, settings
 
 from .hosts import (
     AGENT_SRC,
-    POOL_MACHINE_ID,
-    POOL_SIZE,
+    GENERATIONS,
     PYTHON,
-    Identity,
+    Fleet,
     World,
     http_json,
-    run_agent,
 )
 
 # Every example starts three or four agent processes (0.3-0.7 s): no per-example deadline;
-# a fixed seed and a bounded count in `make test` (40-80 s on 2 cores); `make prove`
-# (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N, default 600) explores new random states.
+# a fixed seed and a bounded count in `make test` (about 50 s of CPU on 2 cores: 1 min wall
+# when idle, 3-4 min at load 12); `make prove` (HYPOTHESIS_PROFILE=prove, PROVE_EXAMPLES=N,
+# default 600) explores new random states.
 _COMMON = {"deadline": None, "database": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
@@ -57,47 +55,45 @@ def zipapp(tmp_path_factory) -> Path:
     return Path(built.stdout.split()[0])
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
-    work = tmp_path_factory.mktemp("devserver")
-    port_file = work / "port"
+def _start_server(work: Path, generation: str) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDFLAG_")}
     env["PYTHONPATH"] = str(AGENT_SRC)
-    generation = os.environ.get("REDFLAG_PROPERTY_GENERATION", "0.1.18")
+    port_file = work / "port"
     with open(work / "server.log", "ab") as log:
         proc = subprocess.Popen(
             [PYTHON, "-m", "redflag_devserver", "serve", "--listen", "127.0.0.1:0",
              "--db", str(work / "server.db"), "--port-file", str(port_file),
              "--generation", generation, "--rate-limit", "off"],
             stdout=log, stderr=log, env=env)
-    deadline = time.monotonic() + 15
-    while not port_file.is_file():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError((work / "server.log").read_text()[-2000:])
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{int(port_file.read_text())}"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return proc, port_file
 
 
 @pytest.fixture(scope="session")
-def world(server_url, zipapp) -> World:
-    """POOL_SIZE agents registered once, by the agent itself, on a host with POOL_MACHINE_ID."""
-    token = http_json(f"{server_url}/admin/tokens", {"seats": 100000, "expires": "24h"})
-    pool = []
-    for _ in range(POOL_SIZE):
-        with tempfile.TemporaryDirectory(prefix="redflag-pool-") as tmp:
-            root = Path(tmp)
-            (root / "etc").mkdir()
-            (root / "etc" / "machine-id").write_bytes(POOL_MACHINE_ID)
-            ran = run_agent(zipapp, root, "register", "--server", server_url,
-                            REDFLAG_REGISTRATION_TOKEN=token["token"])
-            assert ran.rc == 0, ran.err
-            cfg = json.loads((root / "etc/redflag-agent/config.json").read_text())
-            pool.append(Identity(cfg["agent_id"], cfg["token"], cfg["refresh_token"]))
-    return World(server_url, pool, token["token"])
+def fleet(tmp_path_factory, zipapp) -> Iterator[Fleet]:
+    """A stand-in server per generation (0.1.18, 0.1.23, 0.2), each with a real
+    registration token; the examples register their own agents (World.begin)."""
+    started = {}
+    for generation in GENERATIONS:
+        work = tmp_path_factory.mktemp(f"devserver-{generation}")
+        started[generation] = (work, *_start_server(work, generation))
+    worlds = {}
+    try:
+        deadline = time.monotonic() + 15
+        for generation, (work, proc, port_file) in started.items():
+            while not port_file.is_file():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((work / "server.log").read_text()[-2000:])
+                time.sleep(0.02)
+            url = f"http://127.0.0.1:{int(port_file.read_text())}"
+            token = http_json(f"{url}/admin/tokens", {"seats": 100000, "expires": "24h"})
+            worlds[generation] = World(url, work / "server.db", generation, token["token"])
+        yield Fleet(worlds)
+    finally:
+        for _work, proc, _port in started.values():
+            proc.send_signal(signal.SIGTERM)
+        for _work, proc, _port in started.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,22 +1,29 @@
 """Generated host states for the property suite: strategies, the tree builder, the processes.
 
-A HostState is a plain value built from its parts (legacy layout, current config, migration
-state, backups, machine ID). Identities are slots: `real` ones are resolved at build time to
-agents registered once per session with the stand-in server (they authenticate), `fake` ones
-carry their own recognisable values (they never do). The repr of a HostState is the exact
-counterexample hypothesis prints.
+A HostState is a plain value built from its parts (the server generation, every upstream
+layout: 0.1.18, 0.1.19-0.1.23, 0.2, the current config, migration state, backups, the loop's
+litter, machine ID). Identities are slots: `real` ones are agents registered with the stand-in
+server for this example only (slot 0 on this host's machine, the others on other machines;
+the same index twice is the same agent), `fake` ones carry their own recognisable values
+(they never authenticate). The repr of a HostState is the exact counterexample hypothesis
+prints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,10 +37,8 @@ PYTHON = os.environ.get("REDFLAG_TEST_PYTHON", sys.executable)
 PHASES = ("directory", "config", "docker_secrets", "security")
 MAX_ATTEMPTS = 3  # the agent's migration.model.MAX_ATTEMPTS (kept separate: a peer's view)
 DOCUMENTED_EXITS = {0, 69, 75, 77, 78}
-POOL_SIZE = 4
-# /etc/machine-id of the host the pool agents were registered on
-POOL_MACHINE_ID = b"0123456789abcdef0123456789abcdef\n"
-OTHER_MACHINE_ID = b"fedcba9876543210fedcba9876543210\n"
+SLOTS = 3  # real identities per example: slot 0 registered on this host, the others elsewhere
+GENERATIONS = ("0.1.18", "0.1.23", "0.2")  # the stand-in server's --generation
 FAKE_REG_TOKEN = "regtok-FAKE-never-minted-7c1d"
 # where a crashed earlier run stopped (REDFLAG_FAULT_INJECT points of the executor)
 CRASH_POINTS = ("backup:before", "backup:mid", "backup:after", "directory:before",
@@ -48,6 +53,9 @@ class IdentitySpec:
     index: int = 0  # which pool agent (real)
     fake_id: str = ""  # agent_id (fake)
     access: str = "valid"  # the access token: valid | stale | missing
+    # the refresh token: current, or the one before a renewal (a 0.2 server consumed it on
+    # rotation; a copy left behind by an upgrade); the same token on older servers
+    refresh: str = "current"
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,23 @@ class CurrentSpec:
     reg_token: Optional[str] = None  # "real" | "fake" | None
     config_dir: bool = True  # the role's directories exist even without a config
     state_dir: bool = True
+    # machine_id recorded with the identity: none | bound (where the slot was registered:
+    # this agent recorded it after a check-in) | junk (another agent's key of the same name)
+    recorded: str = "none"
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """0.1.19-0.1.23 (/etc/redflag/config.json, state in ours) or 0.2 (/etc/redflag/agent,
+    /etc/redflag/{agent_id,server}, /var/lib/redflag/agent, /var/log/redflag/agent)."""
+
+    present: bool = False
+    config: str = "absent"  # absent | ok | corrupt
+    identity: Optional[IdentitySpec] = None
+    reg_token: Optional[str] = None  # "real" | "fake" | None
+    recorded: str = "none"  # as CurrentSpec.recorded
+    extras: bool = True  # 0.1.19: ca.pem; 0.2: agent_id file, server key, state dirs, logs
+    backups: int = 0  # 0.2 only: copies of its config in its own migration_backups
 
 
 @dataclass(frozen=True)
@@ -89,15 +114,21 @@ class HostState:
     backups: int = 0  # complete backups of earlier migrations
     stale_partial: bool = False  # a `.NAME.partial` left by a killed backup
     upstream_litter: int = 0  # upstream's migration_backups_YYYY-MM-DD-HHMMSS siblings
-    machine_id: str = "same"  # same | changed | absent (relative to the pool's host)
+    machine_id: str = "same"  # same | changed | absent (relative to where slot 0 registered)
     crash_at: Optional[str] = None  # an earlier migrate killed at this point (kill -9)
+    server: str = "0.1.18"  # the stand-in server's generation (GENERATIONS)
+    v0119: UpstreamSpec = UpstreamSpec()
+    v02: UpstreamSpec = UpstreamSpec()
+    litter_identity: Optional[IdentitySpec] = None  # a copy of a registered config in litter
+    surplus_litter: bool = False  # an upstream-named directory inside our migration_backups
 
 
 # --- strategies --------------------------------------------------------------------------
 def identities(real_weight: bool = True) -> st.SearchStrategy[IdentitySpec]:
     access = st.sampled_from(("valid", "stale", "missing"))
     real = st.builds(IdentitySpec, kind=st.just("real"),
-                     index=st.integers(0, POOL_SIZE - 1), access=access)
+                     index=st.integers(0, SLOTS - 1), access=access,
+                     refresh=st.sampled_from(("current", "current", "previous")))
     fake = st.builds(IdentitySpec, kind=st.just("fake"),
                      fake_id=st.uuids(version=4).map(str), access=access)
     return st.one_of(real, fake) if real_weight else fake
@@ -108,7 +139,7 @@ reg_tokens = st.sampled_from((None, "real", "fake"))
 
 @st.composite
 def legacy_specs(draw: st.DrawFn) -> LegacySpec:
-    layout = draw(st.sampled_from(("none", "config_dir", "state_dir", "both")))
+    layout = draw(st.sampled_from(("none", "none", "config_dir", "state_dir", "both")))
     if layout == "none":
         return LegacySpec("none")
     config, version, identity, token = "absent", None, None, None
@@ -142,7 +173,28 @@ def current_specs(draw: st.DrawFn) -> CurrentSpec:
     elif kind in ("complete", "newer", "corrupt"):
         token = draw(reg_tokens)
     config_dir = True if kind != "absent" else draw(st.booleans())
-    return CurrentSpec(kind, identity, token, config_dir, draw(st.booleans()))
+    recorded = "none"
+    if kind in ("complete", "newer") and identity is not None:
+        recorded = draw(st.sampled_from(("none", "bound", "bound", "junk")))
+    return CurrentSpec(kind, identity, token, config_dir, draw(st.booleans()), recorded)
+
+
+def upstream_specs(v02: bool) -> st.SearchStrategy[UpstreamSpec]:
+    @st.composite
+    def spec(draw: st.DrawFn) -> UpstreamSpec:
+        if not draw(st.sampled_from((False, False, True))):  # alone or with others, not always
+            return UpstreamSpec()
+        config = draw(st.sampled_from(("absent", "ok", "ok", "ok", "corrupt")))
+        identity, token, recorded = None, None, "none"
+        if config != "absent":
+            identity = draw(st.none() | identities())
+            token = draw(reg_tokens)
+            if identity is not None:
+                recorded = draw(st.sampled_from(("none", "bound", "junk")))
+        extras = True if config == "absent" else draw(st.booleans())
+        backups = draw(st.integers(0, 2)) if v02 and config != "absent" else 0
+        return UpstreamSpec(True, config, identity, token, recorded, extras, backups)
+    return spec()
 
 
 def _ordered(phases: set[str]) -> tuple[str, ...]:
@@ -183,37 +235,112 @@ host_states = st.builds(
     migration=migration_specs(),
     backups=st.integers(0, 4),
     stale_partial=st.booleans(),
-    upstream_litter=st.integers(0, 2),
+    upstream_litter=st.sampled_from((0, 0, 1, 2)),
     machine_id=st.sampled_from(("same", "changed", "absent")),
     crash_at=st.none() | st.sampled_from(CRASH_POINTS),
+    server=st.sampled_from(GENERATIONS),
+    v0119=upstream_specs(v02=False),
+    v02=upstream_specs(v02=True),
+    litter_identity=st.none() | identities(),
+    surplus_litter=st.sampled_from((False, False, False, True)),
 )
 
 
 # --- resolving slots to values -----------------------------------------------------------
+AGENT_VERSION = "0.2.0"  # what the slots register as (>= a binding server's minimum, 0.1.22)
+
+
+def machine_id_of(raw: bytes) -> str:
+    """The ID the agent computes from a machine-id file (CONTRACT 4b): sha256 of it, trimmed."""
+    return hashlib.sha256(raw.strip()).hexdigest()
+
+
+def fallback_machine_id() -> str:
+    """The agent's ID on a host without any machine-id source."""
+    return hashlib.sha256(f"{socket.gethostname()}-linux-fallback".encode()).hexdigest()
+
+
 @dataclass(frozen=True, repr=False)
 class Identity:
     agent_id: str
     token: str
     refresh_token: str
+    previous_refresh: str  # the refresh token before one renewal (== refresh_token on 0.1.x)
+    machine_id: str  # the machine ID it was registered (bound) with
 
 
 class World:
-    """What a session shares: the server, the pool of registered agents, a real token.
+    """One stand-in server of one generation, a real registration token, and the agents of the
+    current example (registered per example: a 0.2 server consumes a refresh token on every
+    renewal, so no identity can serve two examples; every agent an example made is
+    deregistered after it, which also frees the machine IDs it bound).
 
     Not a dataclass: hypothesis prints it with every counterexample, tokens included."""
 
-    def __init__(self, server_url: str, pool: list[Identity], real_reg_token: str) -> None:
+    def __init__(self, server_url: str, db: Path, generation: str,
+                 real_reg_token: str) -> None:
         self.server_url = server_url
-        self.pool = pool
+        self.db = db
+        self.generation = generation
+        self.binds = generation != "0.1.18"
+        self.rotates = generation == "0.2"
         self.real_reg_token = real_reg_token
+        self.slots: dict[int, Identity] = {}
+        self.host_raw = b""
 
     def __repr__(self) -> str:
-        return f"World({self.server_url}, {len(self.pool)} pool agents)"
+        return f"World({self.generation} at {self.server_url})"
 
+    # one example
+    def begin(self, state: HostState) -> None:
+        """Register the real slots the state uses; slot 0 on this host's machine."""
+        self.slots = {}
+        self.host_raw = uuid.uuid4().hex.encode() + b"\n"
+        for spec in real_slots(state):
+            if spec.index not in self.slots:
+                raw = self.host_raw if spec.index == 0 else uuid.uuid4().hex.encode()
+                self.slots[spec.index] = self._register(machine_id_of(raw))
+        for spec in real_slots(state):
+            ident = self.slots[spec.index]
+            if (self.rotates and spec.refresh == "previous"
+                    and ident.previous_refresh == ident.refresh_token):
+                self.slots[spec.index] = self._renew(ident)
+
+    def agent_ids(self) -> set[str]:
+        return {a["agent_id"] for a in http_json(f"{self.server_url}/admin/agents")["agents"]}
+
+    def deregister(self, agent_ids: set[str]) -> None:
+        for agent_id in sorted(agent_ids):
+            try:
+                http_json(f"{self.server_url}/admin/agents/{agent_id}/deregister", {})
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:  # already deregistered
+                    raise
+
+    def _register(self, machine_id: str) -> Identity:
+        body = {"hostname": "prop-slot", "os_type": "linux", "agent_version": AGENT_VERSION,
+                "machine_id": machine_id}
+        got = http_json(f"{self.server_url}/api/v1/agents/register", body,
+                        {"Authorization": f"Bearer {self.real_reg_token}"})
+        return Identity(got["agent_id"], got["token"], got["refresh_token"],
+                        got["refresh_token"], machine_id)
+
+    def _renew(self, ident: Identity) -> Identity:
+        body = {"agent_id": ident.agent_id, "refresh_token": ident.refresh_token,
+                "agent_version": AGENT_VERSION}
+        got = http_json(f"{self.server_url}/api/v1/agents/renew", body,
+                        {"X-Machine-ID": ident.machine_id})
+        return Identity(ident.agent_id, got["token"],
+                        got.get("refresh_token", ident.refresh_token), ident.refresh_token,
+                        ident.machine_id)
+
+    # values
     def identity(self, spec: IdentitySpec) -> dict[str, str]:
         if spec.kind == "real":
-            ident = self.pool[spec.index]
-            agent_id, token, refresh = ident.agent_id, ident.token, ident.refresh_token
+            ident = self.slots[spec.index]
+            agent_id, token = ident.agent_id, ident.token
+            refresh = ident.previous_refresh if spec.refresh == "previous" else (
+                ident.refresh_token)
         else:
             agent_id = spec.fake_id
             token = f"jwt-FAKE-{spec.fake_id[:8]}"
@@ -225,8 +352,80 @@ class World:
             out["token"] = f"jwt-STALE-{agent_id[:8]}"
         return out
 
+    def recorded(self, spec: Optional[IdentitySpec], how: str) -> Optional[str]:
+        """The machine_id value a config holds with the identity."""
+        if how == "junk":
+            return "m-0123456789"
+        if how == "bound" and spec is not None:
+            if spec.kind == "real":
+                return self.slots[spec.index].machine_id
+            return machine_id_of(spec.fake_id.encode())
+        return None
+
+    def secrets(self) -> set[str]:
+        out = {self.real_reg_token}
+        for ident in self.slots.values():
+            out.update((ident.token, ident.refresh_token, ident.previous_refresh))
+        return out
+
     def reg_token(self, which: Optional[str]) -> Optional[str]:
         return {"real": self.real_reg_token, "fake": FAKE_REG_TOKEN}.get(which or "")
+
+    def alive(self, agent_id: str, refresh: Any) -> bool:
+        """The server would renew with this refresh token now (active agent, token neither
+        consumed by a rotation nor revoked): read from its database, changing nothing."""
+        if not isinstance(refresh, str):
+            return False
+        digest = hashlib.sha256(refresh.encode()).hexdigest()
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            row = conn.execute(
+                "SELECT a.status, r.consumed_at, r.revoked_at FROM refresh_tokens r "
+                "JOIN agents a ON a.agent_id = r.agent_id "
+                "WHERE r.token_hash = ? AND r.agent_id = ?", (digest, agent_id)).fetchone()
+        finally:
+            conn.close()
+        return row is not None and row[0] == "active" and row[1] is None and row[2] is None
+
+
+class Fleet:
+    """A stand-in server per generation, shared by the session."""
+
+    def __init__(self, worlds: dict[str, World]) -> None:
+        self.worlds = worlds
+
+    def __repr__(self) -> str:
+        return f"Fleet({', '.join(self.worlds)})"
+
+    def world(self, generation: str) -> World:
+        return self.worlds[generation]
+
+
+def real_slots(state: HostState) -> list[IdentitySpec]:
+    specs = [state.legacy.identity, state.current.identity, state.v0119.identity,
+             state.v02.identity, state.litter_identity if state.upstream_litter else None]
+    return [s for s in specs if s is not None and s.kind == "real"]
+
+
+def host_machine_id(state: HostState, world: World) -> str:
+    """The ID the agent computes on the built host."""
+    if state.machine_id == "absent":
+        return fallback_machine_id()
+    if state.machine_id == "same":
+        return machine_id_of(world.host_raw)
+    return machine_id_of(CHANGED_RAW)
+
+
+CHANGED_RAW = b"fedcba9876543210fedcba9876543210\n"  # never registered: no agent is bound to it
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A readable copy of a real identity the state put on the host."""
+
+    where: str  # path below the root
+    spec: IdentitySpec
+    recorded: Optional[str]  # the machine_id the config holds with it
 
 
 @dataclass
@@ -234,10 +433,20 @@ class Built:
     """What building a HostState put on disk, for the invariants."""
 
     secrets: set[str] = field(default_factory=set)
-    # identities that authenticate, in a config the agent can read: (agent_id, refresh_token)
-    live_identities: list[tuple[str, str, str]] = field(default_factory=list)
-    # the host holds a complete, authenticating identity where the agent takes it from
-    registered: bool = False
+    copies: list[Copy] = field(default_factory=list)
+    # where the agent takes an identity from: current config, 0.1.18, 0.1.19, 0.2 configs
+    sources: list[Copy] = field(default_factory=list)
+
+
+def _identity_keys(world: World, spec: Optional[IdentitySpec], recorded: str
+                   ) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    out: dict[str, Any] = dict(world.identity(spec))
+    machine = world.recorded(spec, recorded)
+    if machine is not None:
+        out["machine_id"] = machine
+    return out
 
 
 def _legacy_config(world: World, spec: LegacySpec) -> dict[str, Any]:
@@ -270,10 +479,45 @@ def _current_config(world: World, spec: CurrentSpec) -> dict[str, Any]:
     if spec.kind == "newer":
         cfg["version"] = "7"
     if spec.identity is not None:
-        ident = world.identity(spec.identity)
+        ident = _identity_keys(world, spec.identity, spec.recorded)
         if spec.kind == "incomplete":
             ident = {"agent_id": ident["agent_id"]}
         cfg.update(ident)
+    token = world.reg_token(spec.reg_token)
+    if token:
+        cfg["registration_token"] = token
+    return cfg
+
+
+def _v0119_config(world: World, spec: UpstreamSpec) -> dict[str, Any]:
+    """What the seed's generation (0.1.19-0.1.23) wrote to /etc/redflag/config.json."""
+    cfg: dict[str, Any] = {
+        "version": "5", "server_url": world.server_url, "check_in_interval": 300,
+        "rapid_polling_enabled": False, "network": {"timeout": 20, "retry_count": 5},
+        "tls": {"insecure_skip_verify": False, "ca_file": "/etc/redflag/ca.pem"},
+        "logging": {"level": "info"}, "tags": ["web"], "display_name": "web-19",
+    }
+    cfg.update(_identity_keys(world, spec.identity, spec.recorded))
+    token = world.reg_token(spec.reg_token)
+    if token:
+        cfg["registration_token"] = token
+    return cfg
+
+
+def _v02_config(world: World, spec: UpstreamSpec) -> dict[str, Any]:
+    """What upstream 0.2.x wrote to /etc/redflag/agent/config.json (its own version numbers,
+    Go durations in ns, its bookkeeping sections)."""
+    cfg: dict[str, Any] = {
+        "version": "7", "agent_version": "0.2.4", "server_url": world.server_url,
+        "check_in_interval": 300,
+        "network": {"timeout": 30000000000, "retry_count": 3, "retry_delay": 5000000000,
+                    "max_idle_conn": 10},
+        "logging": {"level": "info", "max_size": 100, "max_backups": 3, "max_age": 28},
+        "migration_state": {"last_completed": "0.2.0", "phases": ["config_v6"]},
+        "command_signing": {"enabled": True, "enforcement_mode": "strict"},
+        "polling": {"heartbeat_seconds": 10},
+    }
+    cfg.update(_identity_keys(world, spec.identity, spec.recorded))
     token = world.reg_token(spec.reg_token)
     if token:
         cfg["registration_token"] = token
@@ -296,16 +540,29 @@ def _corrupt(cfg: dict[str, Any]) -> bytes:
     return data[: len(data) // 2]
 
 
+def _copy(built: Built, where: str, spec: Optional[IdentitySpec], cfg: dict[str, Any],
+          source: bool) -> None:
+    if spec is None or spec.kind != "real":
+        return
+    c = Copy(where, spec, cfg.get("machine_id") if isinstance(cfg.get("machine_id"), str)
+             else None)
+    built.copies.append(c)
+    if source:
+        built.sources.append(c)
+
+
 def build(root: Path, world: World, state: HostState) -> Built:
-    """Lay the state down under root (the REDFLAG_ROOT of one example)."""
+    """Lay the state down under root (the REDFLAG_ROOT of one example); world.begin(state)
+    registered its slots."""
     built = Built()
+    built.secrets.update(world.secrets())
     etc, var = root / "etc", root / "var" / "lib"
     cur = state.current
     legacy = state.legacy
 
-    # machine ID: the pool agents were registered on a host with POOL_MACHINE_ID
+    # machine ID: slot 0 was registered on world.host_raw
     if state.machine_id != "absent":
-        raw = POOL_MACHINE_ID if state.machine_id == "same" else OTHER_MACHINE_ID
+        raw = world.host_raw if state.machine_id == "same" else CHANGED_RAW
         _write(etc / "machine-id", raw, 0o444)
 
     # legacy layout, as 0.1.18 left it (config 0644)
@@ -320,10 +577,8 @@ def build(root: Path, world: World, state: HostState) -> Built:
             built.secrets.update(_secret_values(cfg))
             usable = legacy.config != "corrupt" and not (
                 legacy.version is not None and int(legacy.version) > 6)
-            if usable and legacy.identity is not None and legacy.identity.kind == "real":
-                ident = world.identity(legacy.identity)
-                built.live_identities.append(("legacy", ident["agent_id"],
-                                              ident["refresh_token"]))
+            if usable:
+                _copy(built, "etc/aggregator/config.json", legacy.identity, cfg, True)
     if legacy.layout in ("state_dir", "both"):
         lstate_dir.mkdir(parents=True, mode=0o755)
         contents = {"pending_acks.json": b'[{"id": "c1"}]', "agent.key": b"PRIVATE\x00\x01",
@@ -331,33 +586,81 @@ def build(root: Path, world: World, state: HostState) -> Built:
         for name in legacy.state_files:
             _write(lstate_dir / name, contents[name], 0o600 if name == "agent.key" else 0o644)
 
+    # 0.1.19-0.1.23: /etc/redflag/config.json, its state in /var/lib/redflag-agent (ours)
+    v19 = state.v0119
+    if v19.present:
+        (etc / "redflag").mkdir(parents=True, mode=0o755, exist_ok=True)
+        if v19.extras:
+            _write(etc / "redflag" / "ca.pem", b"-----BEGIN CERTIFICATE-----\nCA19\n", 0o644)
+        if v19.config != "absent":
+            cfg = _v0119_config(world, v19)
+            data = _corrupt(cfg) if v19.config == "corrupt" else _json(cfg)
+            _write(etc / "redflag" / "config.json", data, 0o600)
+            built.secrets.update(_secret_values(cfg))
+            if v19.config == "ok":
+                _copy(built, "etc/redflag/config.json", v19.identity, cfg, True)
+
+    # 0.2: /etc/redflag/agent, /etc/redflag/{agent_id,server}, /var/lib/redflag/agent, logs
+    v02 = state.v02
+    if v02.present:
+        v02_etc, v02_lib = etc / "redflag", var / "redflag" / "agent"
+        (v02_etc / "agent").mkdir(parents=True, mode=0o755, exist_ok=True)
+        cfg = _v02_config(world, v02)
+        if v02.config != "absent":
+            data = _corrupt(cfg) if v02.config == "corrupt" else _json(cfg)
+            _write(v02_etc / "agent" / "config.json", data, 0o600)
+            built.secrets.update(_secret_values(cfg))
+            if v02.config == "ok":
+                _copy(built, "etc/redflag/agent/config.json", v02.identity, cfg, True)
+        if v02.extras:
+            if v02.config != "absent" and cfg.get("agent_id"):
+                _write(v02_etc / "agent_id", f"{cfg['agent_id']}\n".encode(), 0o644)
+            _write(v02_etc / "server" / "server_public_key", b"ed25519-PUBLIC-KEY\n", 0o644)
+            _write(v02_lib / "state" / "pending_acks.json", b'[{"id": "v02-ack"}]', 0o600)
+            _write(v02_lib / "cache" / "updates.json", b'{"apt": []}', 0o600)
+            (v02_lib / "migration_backups").mkdir(parents=True, exist_ok=True)
+            _write(root / "var/log/redflag/agent/agent.log", b"upstream log line\n", 0o640)
+        for i in range(v02.backups):
+            where = f"var/lib/redflag/agent/migration_backups/backup_{i}/config.json"
+            _write(root / where, _json(cfg), 0o600)
+            if v02.config == "ok":
+                _copy(built, where, v02.identity, cfg, False)
+
     # current layout, as the role lays it down (dirs 0750, config 0600)
     cdir, sdir = etc / "redflag-agent", var / "redflag-agent"
     needs_state_dir = (cur.state_dir or state.migration.kind != "none" or state.backups
-                       or state.stale_partial or state.upstream_litter)
+                       or state.stale_partial or state.upstream_litter or v19.present
+                       or state.surplus_litter)
     if cur.config_dir or cur.kind != "absent":
         cdir.mkdir(parents=True, mode=0o750)
     if needs_state_dir:
-        sdir.mkdir(parents=True, mode=0o750)
+        sdir.mkdir(parents=True, mode=0o750, exist_ok=True)
     if cur.kind != "absent":
         cfg = _current_config(world, cur)
         data = _corrupt(cfg) if cur.kind == "corrupt" else _json(cfg)
         _write(cdir / "config.json", data, 0o600)
         built.secrets.update(_secret_values(cfg))
         # incomplete (agent_id alone) cannot authenticate; newer/corrupt cannot be read
-        if cur.kind == "complete" and cur.identity is not None and cur.identity.kind == "real":
-            ident = world.identity(cur.identity)
-            built.live_identities.append(("current", ident["agent_id"],
-                                          ident["refresh_token"]))
-            built.registered = True
-    if any(where == "legacy" for where, _, _ in built.live_identities):
-        built.registered = True
+        if cur.kind == "complete":
+            _copy(built, CONFIG, cur.identity, cfg, True)
 
     _write_migration_state(sdir, state.migration)
     _write_backups(sdir, state, built)
     for i in range(state.upstream_litter):
+        # the loop's copies: unregistered ones, or (litter_identity) of a registered config
         litter = sdir / f"migration_backups_2025-01-0{i + 1}-00000{i}"
-        _write(litter / "config.json", _json({"server_url": world.server_url}), 0o600)
+        cfg = {"server_url": world.server_url}
+        if i == 0 and state.litter_identity is not None:
+            cfg.update(world.identity(state.litter_identity))
+            built.secrets.update(_secret_values(cfg))
+            _copy(built, str((litter / "config.json").relative_to(root)),
+                  state.litter_identity, cfg, False)
+        _write(litter / "config.json", _json(cfg), 0o600)
+        _write(litter / "migration.log", b"migration required: 0.1.23.6 -> 6\n", 0o600)
+    if state.surplus_litter:
+        surplus = sdir / "migration_backups" / "2025-01-01-000030"
+        _write(surplus / "config.json", _json({"server_url": world.server_url}), 0o600)
+        os.chmod(sdir / "migration_backups", 0o700)
     return built
 
 
@@ -439,6 +742,7 @@ def tree_diff(a: dict[str, tuple[Any, ...]], b: dict[str, tuple[Any, ...]]) -> l
 
 BACKUPS = "var/lib/redflag-agent/migration_backups"
 CONFIG = "etc/redflag-agent/config.json"
+IDENTITY_BACKUPS = "var/lib/redflag-agent/identity_backups"  # identities set aside (binding)
 
 
 def backup_names(t: dict[str, tuple[Any, ...]], complete_only: bool = True) -> set[str]:
@@ -475,6 +779,7 @@ class Ran:
     rc: int
     out: str
     err: str
+    signalled: bool = False  # the test sent SIGTERM (run_service)
 
 
 def run_agent(pyz: Path, root: Path, *args: str, timeout: float = 30, **env: str) -> Ran:
@@ -498,7 +803,8 @@ def run_service(pyz: Path, root: Path, deadline: float = 2.0) -> Ran:
             # handler (test_counterexamples.py::test_sigterm_while_entering_sleep_stops_the_agent)
             break
         time.sleep(0.02)
-    if proc.poll() is None:
+    signalled = proc.poll() is None
+    if signalled:
         proc.send_signal(signal.SIGTERM)
     try:
         out, err = proc.communicate(timeout=10)
@@ -506,7 +812,7 @@ def run_service(pyz: Path, root: Path, deadline: float = 2.0) -> Ran:
         proc.kill()
         out, err = proc.communicate()
         err += "\n(test: killed, it did not stop within 10 s of SIGTERM)"
-    return Ran("run", proc.returncode, out, err)
+    return Ran("run", proc.returncode, out, err, signalled)
 
 
 def _checked_in(status: Path) -> bool:
@@ -516,9 +822,10 @@ def _checked_in(status: Path) -> bool:
         return False
 
 
-def http_json(url: str, body: Optional[dict[str, Any]] = None) -> Any:
+def http_json(url: str, body: Optional[dict[str, Any]] = None,
+              headers: Optional[dict[str, str]] = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
         return json.loads(resp.read())

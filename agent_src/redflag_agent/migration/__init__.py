@@ -9,12 +9,14 @@ migration really runs: most starts only plan, and start-up time is paid on every
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Optional
 
+from .. import safefs
 from ..paths import Paths
-from .decide import decide, stranded_identity
-from .model import MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
+from .decide import blocked_identity, decide, stranded_identity
+from .model import LAYOUT_0119, LAYOUT_02, MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
 from .state import load_state, recorded_layout
 
@@ -66,10 +68,27 @@ def migrated_from(paths: Paths) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _raw_json(path: Any) -> Any:
+    try:
+        data = safefs.read_bytes(path, safefs.MAX_SMALL_FILE)
+        return None if data is None else json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, safefs.UnsafePath):
+        return None
+
+
 def identity_left_behind(paths: Paths) -> Optional[str]:
     """Where a usable identity sits that the migration has not taken over (see
-    decide.stranded_identity), only when no migration is pending to take it over."""
+    decide.stranded_identity, and decide.blocked_identity for a config the migration
+    refuses), only when no migration is pending to take it over."""
     snap = read_snapshot(paths)
-    if decide(snap).phases:
+    p = decide(snap)
+    if p.phases:
         return None
+    if p.error:
+        refused = [paths.legacy_config_file] if snap.legacy_config_error else []
+        files = {LAYOUT_0119: paths.v0119_config_file, LAYOUT_02: paths.v02_config_file}
+        refused += [files[layout] for layout in sorted(snap.upstream_errors) if layout in files]
+        where = blocked_identity([(str(f), _raw_json(f)) for f in refused])
+        if where is not None:
+            return where
     return stranded_identity(snap)

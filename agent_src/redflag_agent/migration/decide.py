@@ -163,3 +163,19 @@ def stranded_identity(s: Snapshot) -> Optional[str]:
         if cfg and choose_identity(current, cfg).source == "legacy":
             return where
     return None
+
+
+def blocked_identity(raw: list[tuple[str, Any]]) -> Optional[str]:
+    """Pure: the first legacy or upstream config (where, its parsed JSON) that the migration
+    refused (a field fails validation) yet whose JSON names an agent with a token: no
+    migration takes it over until it is fixed, and registering meanwhile would put a second
+    agent on the server."""
+    for where, obj in raw:
+        if not isinstance(obj, dict):
+            continue
+        agent_id = obj.get("agent_id")
+        if isinstance(agent_id, str) and agent_id.strip() and any(
+                isinstance(obj.get(k), str) and obj[k] for k in ("refresh_token", "token")):
+            return where
+    return None
+
