@@ -212,10 +212,16 @@ def redflag_status_row(
             problem = "status --json printed no JSON object"
     else:
         why = _tail(status_cmd.get("stderr")) or str(status_cmd.get("msg") or "") or _tail(out)
-        problem = f"status --json failed (exit {rc}): {short_error(why)}"
+        # python's own words for a missing zipapp: the agent is simply not installed
+        if str(status_cmd.get("msg") or "").startswith("Error executing command"):
+            python = (str(status_cmd.get("cmd") or "python3").split() or ["python3"])[0]
+            problem = (f"status --json failed: cannot run {python}; set redflag_agent_python "
+                       "to the host's python3 3.9+ (empty: python3 on PATH)")
+        elif not (rc == 2 and "can't open file" in why):
+            problem = f"status --json failed (exit {rc}): {short_error(why)}"
     unit = redflag_systemd_props(str(unit_cmd.get("stdout") or ""))
     service = _service_cell(unit)
-    installed = bool(status) or rc == 0
+    installed = bool(status) or rc == 0 or bool(problem)
     return {
         "host": host,
         "registered": status.get("registered"),

@@ -25,6 +25,8 @@ ROLLBACK_FACT = "redflag_agent_rollback_result"
 SERVICE_TAG = "redflag_agent_service"
 # site.yml's batch counter, gate, rollback and summary are tagged `always`; these skip them.
 GATE_SKIPPING_TAGS = ("always", "tagged")
+# The role's tags before they carried its name; they would select nothing now.
+OLD_TAGS = ("preflight", "install", "takeover", "configure", "service", "image", "remove")
 
 
 def task_runs(task_tags: Sequence[str], run_tags: Sequence[str], skip_tags: Sequence[str]) -> bool:
@@ -53,8 +55,9 @@ def redflag_service_skipped(run_tags: Sequence[str], skip_tags: Sequence[str] = 
     return not task_runs([SERVICE_TAG], run_tags, skip_tags)
 
 
-def check_gate_tags(skip_tags: Sequence[str]) -> None:
-    """Refuse --skip-tags that would skip site.yml's own gate (tagged always)."""
+def check_gate_tags(skip_tags: Sequence[str], run_tags: Sequence[str] = ()) -> None:
+    """Refuse --skip-tags that would skip site.yml's own gate (tagged always), and the
+    role's old unprefixed tag names, which now select nothing."""
     hit = [t for t in GATE_SKIPPING_TAGS if t in set(skip_tags or ())]
     if hit:
         raise _InputError(
@@ -62,6 +65,12 @@ def check_gate_tags(skip_tags: Sequence[str]) -> None:
             "rollback and summary (they are tagged always), so a failed host would pass; "
             "skip the role's steps by name instead (--skip-tags redflag_agent_install, "
             "redflag_agent_configure, redflag_agent_service, ...)"
+        )
+    old = [t for t in (*(run_tags or ()), *(skip_tags or ())) if t in OLD_TAGS]
+    if old:
+        raise _InputError(
+            f"--tags/--skip-tags {','.join(old)}: the role's tags carry its name now; use "
+            + ", ".join(f"redflag_agent_{t}" for t in old)
         )
 
 
@@ -79,14 +88,17 @@ def _batch_size(value: Any, name: str) -> Any:
     )
 
 
-def redflag_serial(canary: Any, serial: Any, skip_tags: Sequence[str] = ()) -> list[Any]:
+def redflag_serial(
+    canary: Any, serial: Any, skip_tags: Sequence[str] = (), run_tags: Sequence[str] = ()
+) -> list[Any]:
     """The play's `serial` list: the canary batch first (when set), then the usual batches.
 
     Ansible repeats the list's last value, so [canary, serial] is "canary, then serial".
-    skip_tags: ansible_skip_tags; serial is templated before any task and under any tags,
-    so --skip-tags that would skip the gate are refused here, before a host is touched.
+    skip_tags, run_tags: ansible_skip_tags, ansible_run_tags; serial is templated before
+    any task and under any tags, so tags that would skip the gate (or select nothing of the
+    role) are refused here, before a host is touched.
     """
-    check_gate_tags(skip_tags)
+    check_gate_tags(skip_tags, run_tags)
     serials = list(serial) if isinstance(serial, (list, tuple)) else [serial]
     if not serials:
         raise _InputError("redflag_rollout_serial is empty; set a host count or a percentage")

@@ -122,13 +122,16 @@ def _cmd(rc=0, stdout="", stderr="", **extra):
         (_cmd(rc=2, stderr="python3: can't open file '/opt/redflag-agent/current/"
                            "redflag-agent.pyz': [Errno 2] No such file or directory"),
          "ActiveState=inactive\nSubState=dead\n",
-         {"agent_version": "not installed", "service": "inactive/dead",
-          "last_error": "status --json failed (exit 2): python3: can't open file "
-                        "'/opt/redflag-agent/current/redflag-agent.pyz': [Errno 2] No such file "
-                        "or directory"}),
-        (_cmd(rc=127, msg="[Errno 2] No such file or directory: b'/usr/bin/python3.12'"), "",
-         {"service": "unknown", "last_error": "status --json failed (exit 127): [Errno 2] No "
-                                              "such file or directory: b'/usr/bin/python3.12'"}),
+         {"agent_version": "not installed", "service": "inactive/dead", "last_error": ""}),
+        # the command module's words when the interpreter is not there
+        (_cmd(rc=2, msg="Error executing command.", cmd="/usr/bin/python3.12 -I x.pyz status"),
+         "", {"service": "unknown", "agent_version": "?",
+              "last_error": "status --json failed: cannot run /usr/bin/python3.12; set "
+                            "redflag_agent_python to the host's python3 3.9+ (empty: python3 on "
+                            "PATH)"}),
+        (_cmd(rc=78, stderr="redflag-agent: config.json: not valid JSON"), "",
+         {"last_error": "status --json failed (exit 78): redflag-agent: config.json: not valid "
+                        "JSON"}),
         (_cmd(stdout="[]"), RUNNING, {"last_error": "status --json printed no JSON object"}),
     ],
 )  # fmt: skip

@@ -309,9 +309,24 @@ def test_serial_refuses_skip_tags_that_would_skip_the_gate(skip_tags):
         R.redflag_serial("", "20%", skip_tags=skip_tags)
 
 
-@pytest.mark.parametrize("skip_tags", [[], ["all"], ["redflag_agent_service"], ["untagged"]])
-def test_serial_takes_skip_tags_that_leave_the_gate(skip_tags):
-    assert R.redflag_serial(1, "20%", skip_tags=skip_tags) == [1, "20%"]
+@pytest.mark.parametrize(
+    ("run_tags", "skip_tags", "names"),
+    [(["service"], [], "redflag_agent_service"),
+     (["all"], ["install", "configure"], "redflag_agent_install, redflag_agent_configure"),
+     (["redflag_agent_service", "preflight"], [], "redflag_agent_preflight")],
+)  # fmt: skip
+def test_serial_refuses_the_old_tag_names(run_tags, skip_tags, names):
+    with pytest.raises(Exception, match="the role's tags carry its name now; use " + names):
+        R.redflag_serial("", "20%", skip_tags=skip_tags, run_tags=run_tags)
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "skip_tags"),
+    [(["all"], []), ([], []), (["all"], ["all"]), (["all"], ["redflag_agent_service"]),
+     (["redflag_agent_service"], ["untagged"]), (["my_own_tag"], [])],
+)  # fmt: skip
+def test_serial_takes_tags_that_leave_the_gate(run_tags, skip_tags):
+    assert R.redflag_serial(1, "20%", skip_tags=skip_tags, run_tags=run_tags) == [1, "20%"]
 
 
 def test_gate_message_gives_a_next_step_for_a_rollback_that_did_not_come_back():
