@@ -289,8 +289,8 @@ def _summary_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     untouched = [row for row in rows if row.get("result") == "not started"]
     waiting = [host for row in untouched for host in row.get("hosts") or []]
     if stopped:
-        notes.append(
-            f"rollout stopped at batch {stopped[-1].get('batch')}"
+        notes.append(  # not the gate's own words: tests find the gate message by them
+            f"the rollout stops here (batch {stopped[-1].get('batch')} failed)"
             + (f"; not started: {', '.join(waiting)} (untouched)" if waiting else "")
             + "; fix the hosts named above and re-run the playbook"
         )

@@ -207,8 +207,8 @@ def test_summary_table():
         "2 of 3  not started  c2,c3  -        -        -            -",
         "3 of 3  not started  c4     -        -        -            -",
         "batch 1 of 3: c1: failed; next step: fix c1",
-        "rollout stopped at batch 1 of 3; not started: c2, c3, c4 (untouched); fix the hosts "
-        "named above and re-run the playbook",
+        "the rollout stops here (batch 1 of 3 failed); not started: c2, c3, c4 (untouched); "
+        "fix the hosts named above and re-run the playbook",
     ]
     assert R.redflag_summary_table(rows).splitlines() == lines
     # Any other result format than YAML: a list, which prints one line per entry.
