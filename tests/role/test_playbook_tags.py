@@ -93,13 +93,15 @@ NOT_HERE = Path("/proc/1/comm").read_text().strip() == "systemd"
     "tags",
     [["--tags", "redflag_agent_service"],
      ["--tags", "redflag_agent_configure,redflag_agent_service"],
-     ["--skip-tags", "redflag_agent_install,redflag_agent_takeover"]],
+     ["--skip-tags", "redflag_agent_install,redflag_agent_takeover", "-v"]],
 )  # fmt: skip
 def test_the_gate_stops_a_failed_host_under_tags(tmp_path, tags):
     rc, out = run_site(tmp_path, *tags, ANSIBLE_CALLBACK_RESULT_FORMAT="json")
     assert rc == 2, out[-3000:]
     text = " ".join(out.split())
     assert "batch 1 of 1: localhost; the gate waits up to 60 s per host" in text
+    polls = "(polls from 0.25 s backing off to 3 s: redflag_agent_verify_retries=20 x "
+    assert (polls in text) is ("-v" in tags), "the polling is said in verbose mode only"
     assert re.search(r"rollout stopped at batch 1 of 1: hosts localhost failed the health gate: "
                      r"localhost: failed: .*systemd is PID 1.*; next step: fix what the task", text)
     # The summary under the JSON result format: one list entry per line, not one "\n" string.
