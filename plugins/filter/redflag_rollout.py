@@ -21,6 +21,57 @@ _COUNT = re.compile(r"^[0-9]+$")
 
 # The role's tasks/rollback.yml records each host's rollback in this host fact.
 ROLLBACK_FACT = "redflag_agent_rollback_result"
+# The role's service step (tasks/main.yml); the gate has something to judge only after it.
+SERVICE_TAG = "redflag_agent_service"
+# site.yml's batch counter, gate, rollback and summary are tagged `always`; these skip them.
+GATE_SKIPPING_TAGS = ("always", "tagged")
+# The role's tags before they carried its name; they would select nothing now.
+OLD_TAGS = ("preflight", "install", "takeover", "configure", "service", "image", "remove")
+
+
+def task_runs(task_tags: Sequence[str], run_tags: Sequence[str], skip_tags: Sequence[str]) -> bool:
+    """Whether a task with these tags runs under --tags/--skip-tags: Ansible's rule
+    (ansible.playbook.taggable.Taggable.evaluate_tags), for tags that are not templated."""
+    tags = set(task_tags) or {"untagged"}
+    only, skip = set(run_tags or ()), set(skip_tags or ())
+    runs = True
+    if only:
+        runs = (
+            "always" in tags
+            or ("all" in only and "never" not in tags)
+            or not tags.isdisjoint(only)
+            or ("tagged" in only and tags != {"untagged"} and "never" not in tags)
+        )
+    if runs and skip:
+        if "all" in skip:
+            runs = "always" in tags and "always" not in skip
+        elif not tags.isdisjoint(skip) or ("tagged" in skip and tags != {"untagged"}):
+            runs = False
+    return runs
+
+
+def redflag_service_skipped(run_tags: Sequence[str], skip_tags: Sequence[str] = ()) -> bool:
+    """--tags/--skip-tags leave out the role's service step: there is no outcome to judge."""
+    return not task_runs([SERVICE_TAG], run_tags, skip_tags)
+
+
+def check_gate_tags(skip_tags: Sequence[str], run_tags: Sequence[str] = ()) -> None:
+    """Refuse --skip-tags that would skip site.yml's own gate (tagged always), and the
+    role's old unprefixed tag names, which now select nothing."""
+    hit = [t for t in GATE_SKIPPING_TAGS if t in set(skip_tags or ())]
+    if hit:
+        raise _InputError(
+            f"--skip-tags {','.join(hit)} would skip site.yml's batch counter, health gate, "
+            "rollback and summary (they are tagged always), so a failed host would pass; "
+            "skip the role's steps by name instead (--skip-tags redflag_agent_install, "
+            "redflag_agent_configure, redflag_agent_service, ...)"
+        )
+    old = [t for t in (*(run_tags or ()), *(skip_tags or ())) if t in OLD_TAGS]
+    if old:
+        raise _InputError(
+            f"--tags/--skip-tags {','.join(old)}: the role's tags carry its name now; use "
+            + ", ".join(f"redflag_agent_{t}" for t in old)
+        )
 
 
 def _batch_size(value: Any, name: str) -> Any:
@@ -37,11 +88,17 @@ def _batch_size(value: Any, name: str) -> Any:
     )
 
 
-def redflag_serial(canary: Any, serial: Any) -> list[Any]:
+def redflag_serial(
+    canary: Any, serial: Any, skip_tags: Sequence[str] = (), run_tags: Sequence[str] = ()
+) -> list[Any]:
     """The play's `serial` list: the canary batch first (when set), then the usual batches.
 
     Ansible repeats the list's last value, so [canary, serial] is "canary, then serial".
+    skip_tags, run_tags: ansible_skip_tags, ansible_run_tags; serial is templated before
+    any task and under any tags, so tags that would skip the gate (or select nothing of the
+    role) are refused here, before a host is touched.
     """
+    check_gate_tags(skip_tags, run_tags)
     serials = list(serial) if isinstance(serial, (list, tuple)) else [serial]
     if not serials:
         raise _InputError("redflag_rollout_serial is empty; set a host count or a percentage")
@@ -179,6 +236,10 @@ def redflag_batch_row(  # noqa: PLR0913, PLR0917 - one row has this many facts
     """One summary row for a finished batch (after its gate and any rollback)."""
     failed = {str(b.get("host")) for b in bad}
     results = _rollback_results(plan, hostvars)
+    notes = [
+        f"{b.get('host')}: {b.get('status')}; next step: {b.get('next') or 'see the gate message'}"
+        for b in bad
+    ]
     return {
         "batch": f"{number} of {total}",
         "hosts": list(batch_hosts),
@@ -187,6 +248,7 @@ def redflag_batch_row(  # noqa: PLR0913, PLR0917 - one row has this many facts
         "rolled_back": [{"host": r["host"], "status": r.get("status")} for r in results],
         "seconds": round(float(seconds), 1),
         "result": "STOPPED" if failed else "passed",
+        "notes": notes,
     }
 
 
@@ -212,8 +274,37 @@ def _names(hosts: Sequence[str]) -> str:
     return ",".join(hosts) if hosts else "-"
 
 
-def redflag_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The per-batch summary: hosts, changed, healthy, rolled back (with result), seconds."""
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(line[i]) for line in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in rows
+    ]
+
+
+def _summary_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Under the table: each failed host with its state and next step, then the outcome."""
+    notes = [f"batch {row.get('batch')}: {n}" for row in rows for n in row.get("notes") or []]
+    stopped = [row for row in rows if row.get("result") == "STOPPED"]
+    untouched = [row for row in rows if row.get("result") == "not started"]
+    waiting = [host for row in untouched for host in row.get("hosts") or []]
+    if stopped:
+        notes.append(  # not the gate's own words: tests find the gate message by them
+            f"the rollout stops here (batch {stopped[-1].get('batch')} failed)"
+            + (f"; not started: {', '.join(waiting)} (untouched)" if waiting else "")
+            + "; fix the hosts named above and re-run the playbook"
+        )
+    elif rows:
+        notes.append(
+            f"all {len(rows)} batches passed; next step: playbooks/status.yml shows each agent"
+        )
+    return notes
+
+
+def redflag_summary_table(rows: Sequence[Mapping[str, Any]], block: bool = True) -> Any:
+    """The per-batch summary: hosts, changed, healthy, rolled back (with result), seconds,
+    then one line per failed host (state and next step) and the rollout's outcome.
+    block: one string with newlines (YAML result format); else a list of lines (JSON)."""
     header = ["BATCH", "RESULT", "HOSTS", "CHANGED", "HEALTHY", "ROLLED BACK", "SECONDS"]
     body = []
     for row in rows:
@@ -231,11 +322,8 @@ def redflag_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 f"{row['seconds']:.1f}" if row.get("seconds") is not None else "-",
             ]
         )
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-        for line in [header, *body]
-    )
+    lines = _table([header, *body]) + _summary_notes(rows)
+    return "\n".join(lines) if block else lines
 
 
 def redflag_gate_message(
@@ -260,8 +348,12 @@ def redflag_gate_message(
         lines = []
         for r in results:
             took = f", {r['seconds']} s" if r.get("seconds") is not None else ""
-            lines.append(f"{r['host']} {r['from']} -> {r['to']}: {r.get('status')}{took} "
-                         f"({r.get('reason')})")
+            line = (f"{r['host']} {r['from']} -> {r['to']}: {r.get('status')}{took} "
+                    f"({r.get('reason')})")
+            if r.get("status") != "healthy":
+                line += (f"; next step: {r['host']} runs {r.get('version') or r['from']}: fix the "
+                         f"cause named here and re-run the playbook with -l {r['host']}")
+            lines.append(line)
         parts.append("Rollback to the version each ran before: " + "; ".join(lines) + ".")
     else:
         parts.append("No host was rolled back.")
@@ -282,6 +374,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "redflag_serial": redflag_serial,
+            "redflag_service_skipped": redflag_service_skipped,
             "redflag_batches": redflag_batches,
             "redflag_rollback_scope": rollback_scope,
             "redflag_rollback_plan": redflag_rollback_plan,

@@ -107,6 +107,6 @@ def test_clone_check_runs_once_over_every_probed_host_before_install():
     assert "ansible_play_hosts_all | redflag.agent.redflag_clones(hostvars)" in tasks
     main = (ROLE / "tasks" / "main.yml").read_text()
     assert main.index("clones.yml") < main.index("install.yml")
-    assert re.search(r"clones\.yml\n\s+tags: \[preflight, always\]", main)
+    assert re.search(r"clones\.yml\n\s+tags: \[redflag_agent_preflight, always\]", main)
 
 

@@ -2,7 +2,7 @@
 
 An image is installed and configured as present (the URL and settings are checked) but
 enrolls nothing, so the token checks do not apply to it. Runs the real role with
-`--tags preflight` over the local connection (read-only)."""
+`--tags redflag_agent_preflight` over the local connection (read-only)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Preflight rejects bad input before any change, naming the variable and the fix.
 
-Runs the real role with `--tags preflight` against this machine over the local
+Runs the real role with `--tags redflag_agent_preflight` against this machine over the local
 connection; preflight only reads (one shell probe), so nothing is changed here.
 """
 
@@ -35,7 +35,7 @@ def run_preflight(extra: dict, tmp_path: Path) -> subprocess.CompletedProcess:
             "-i", "localhost,", "-c", "local",
             "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", f"@{vars_file}",
-            "--tags", "preflight",
+            "--tags", "redflag_agent_preflight",
             str(REPO / "playbooks" / "install.yml"),
         ],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,

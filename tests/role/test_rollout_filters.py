@@ -87,7 +87,10 @@ HOSTVARS = {
 
 
 def bad_of(*hosts):
-    return [{"host": h, "text": f"{h}: failed: r"} for h in hosts]
+    return [
+        {"host": h, "status": "failed", "next": f"fix {h}", "text": f"{h}: failed: r"}
+        for h in hosts
+    ]
 
 
 @pytest.mark.parametrize(
@@ -167,6 +170,7 @@ def test_batch_row_counts_changed_healthy_and_rollbacks():
         "rolled_back": [{"host": "c1", "status": "healthy"}],
         "seconds": 12.3,
         "result": "STOPPED",
+        "notes": ["c1: failed; next step: fix c1"],
     }
 
 
@@ -196,12 +200,26 @@ def test_summary_table():
          "result": "STOPPED"},
         *R.redflag_pending_rows([["c1"], ["c2", "c3"], ["c4"]], 1),
     ]  # fmt: skip
-    assert R.redflag_summary_table(rows).splitlines() == [
+    rows[0]["notes"] = ["c1: failed; next step: fix c1"]
+    lines = [
         "BATCH   RESULT       HOSTS  CHANGED  HEALTHY  ROLLED BACK  SECONDS",
         "1 of 3  STOPPED      c1     1/1      0/1      c1(healthy)  21.0",
         "2 of 3  not started  c2,c3  -        -        -            -",
         "3 of 3  not started  c4     -        -        -            -",
+        "batch 1 of 3: c1: failed; next step: fix c1",
+        "the rollout stops here (batch 1 of 3 failed); not started: c2, c3, c4 (untouched); "
+        "fix the hosts named above and re-run the playbook",
     ]
+    assert R.redflag_summary_table(rows).splitlines() == lines
+    # Any other result format than YAML: a list, which prints one line per entry.
+    assert R.redflag_summary_table(rows, block=False) == lines
+
+
+def test_summary_of_a_rollout_that_passed_says_what_next():
+    rows = [R.redflag_batch_row(1, 1, ["up"], HOSTVARS, [], {"rollback": [], "kept": []}, 1)]
+    assert R.redflag_summary_table(rows, block=False)[-1] == (
+        "all 1 batches passed; next step: playbooks/status.yml shows each agent"
+    )
 
 
 def test_gate_message_names_failures_rollbacks_their_health_and_the_untouched():
@@ -234,3 +252,89 @@ def test_a_gate_under_tags_without_the_service_step_counts_reachable_hosts_unver
     assert [b["host"] for b in fleet.redflag_unhealthy(batch, hostvars)] == ["staged", "gone"]
     skipped = fleet.redflag_unhealthy(batch, hostvars, service_skipped=True, reachable=["staged"])
     assert [b["host"] for b in skipped] == ["gone"]
+
+
+def _ansible_runs(tags, only, skip):
+    """Ansible's own tag rule (Taggable.evaluate_tags), on a stand-in task."""
+    from types import SimpleNamespace
+
+    from ansible.playbook.taggable import Taggable
+
+    task = SimpleNamespace(
+        tags=list(tags), _loader=None, untagged=Taggable.untagged,
+        _get_all_taggable_objects=lambda: [],
+    )  # fmt: skip
+    return Taggable.evaluate_tags(task, set(only), set(skip), {})
+
+
+TAG_CHOICES = [[], ["all"], ["tagged"], ["untagged"], ["always"], ["never"],
+               ["redflag_agent_service"], ["redflag_agent_install", "always"],
+               ["service"], ["all", "redflag_agent_service"]]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "task_tags",
+    [[], ["always"], ["redflag_agent_service"], ["redflag_agent_install", "redflag_agent_takeover"],
+     ["never"], ["never", "redflag_agent_service"], ["redflag_agent_preflight", "always"]],
+)  # fmt: skip
+@pytest.mark.parametrize("only", TAG_CHOICES)
+@pytest.mark.parametrize("skip", TAG_CHOICES[:7])
+def test_task_runs_is_ansibles_own_rule(task_tags, only, skip):
+    assert R.task_runs(task_tags, only, skip) == _ansible_runs(task_tags, only, skip)
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "skip_tags", "skipped"),
+    [
+        (["all"], [], False),  # no --tags
+        (["redflag_agent_service"], [], False),
+        (["redflag_agent_configure", "redflag_agent_service"], [], False),
+        (["tagged"], [], False),
+        (["service"], [], True),  # the old name selects nothing of the role now
+        (["redflag_agent_install"], [], True),
+        (["always"], [], True),
+        (["all"], ["redflag_agent_service"], True),
+        (["all"], ["redflag_agent_install", "redflag_agent_configure"], False),
+        (["all"], ["all"], True),
+        (["redflag_agent_service"], ["redflag_agent_service"], True),
+    ],
+)
+def test_service_skipped_under_tags(run_tags, skip_tags, skipped):
+    assert R.redflag_service_skipped(run_tags, skip_tags) is skipped
+
+
+@pytest.mark.parametrize("skip_tags", [["always"], ["tagged"], ["redflag_agent_install", "always"]])
+def test_serial_refuses_skip_tags_that_would_skip_the_gate(skip_tags):
+    with pytest.raises(Exception, match="would skip site.yml's batch counter, health gate"):
+        R.redflag_serial("", "20%", skip_tags=skip_tags)
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "skip_tags", "names"),
+    [(["service"], [], "redflag_agent_service"),
+     (["all"], ["install", "configure"], "redflag_agent_install, redflag_agent_configure"),
+     (["redflag_agent_service", "preflight"], [], "redflag_agent_preflight")],
+)  # fmt: skip
+def test_serial_refuses_the_old_tag_names(run_tags, skip_tags, names):
+    with pytest.raises(Exception, match="the role's tags carry its name now; use " + names):
+        R.redflag_serial("", "20%", skip_tags=skip_tags, run_tags=run_tags)
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "skip_tags"),
+    [(["all"], []), ([], []), (["all"], ["all"]), (["all"], ["redflag_agent_service"]),
+     (["redflag_agent_service"], ["untagged"]), (["my_own_tag"], [])],
+)  # fmt: skip
+def test_serial_takes_tags_that_leave_the_gate(run_tags, skip_tags):
+    assert R.redflag_serial(1, "20%", skip_tags=skip_tags, run_tags=run_tags) == [1, "20%"]
+
+
+def test_gate_message_gives_a_next_step_for_a_rollback_that_did_not_come_back():
+    refused = {"status": "refused", "reason": "config schema 7", "version": "0.4.1"}
+    hostvars = {**HOSTVARS, "bad": {**HOSTVARS["bad"], "redflag_agent_rollback_result": refused}}
+    plan = R.redflag_rollback_plan(["bad"], hostvars, bad_of("bad"), ["bad"])
+    text = R.redflag_gate_message(1, [["bad"]], bad_of("bad"), plan, hostvars)
+    assert "bad 0.4.1 -> 0.4.0: refused (config schema 7); next step: bad runs 0.4.1: fix" in text
+    healthy = {**HOSTVARS["bad"], "redflag_agent_rollback_result": _rolled()}
+    text = R.redflag_gate_message(1, [["bad"]], bad_of("bad"), plan, {**hostvars, "bad": healthy})
+    assert "healthy, 3.2 s (registered as a-1)." in text

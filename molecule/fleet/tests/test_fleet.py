@@ -1,11 +1,17 @@
 """Fleet rollout with serial 1 and a bad token on the 2nd host: the health gate stops
-the rollout after fleet-2 with a clear message; fleet-3 is never touched."""
+the rollout after fleet-2 with a clear message; fleet-3 is never touched. Then the same
+gate under `--tags redflag_agent_service`, `--skip-tags always` refused, the fleet table
+(status.yml) under the JSON result format with its last-error column, and an agent the
+server deleted, in the table and at the gate."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +81,92 @@ def test_third_host_untouched():
 def test_server_has_only_the_first_host():
     agents = rfcheck.server_agents()
     assert [a["hostname"] for a in agents] == [rfcheck.container("fleet-1")]
+
+
+# --- the gate under --tags, the fleet table (issue 16) -----------------------------------
+# After the rollout above: fleet-1 registered, fleet-2 stopped with its token rejected,
+# fleet-3 untouched. Each run below leaves fleet-3 untouched too.
+
+
+def _play(playbook: str, *args: str, **env: str) -> tuple[int, str, dict]:
+    """A playbook against the scenario's hosts with extra CLI arguments and environment."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    path = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / playbook
+    cmd = ["ansible-playbook", "--inventory", str(inventory), str(path), *args]
+    run_env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", **env)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=run_env, check=False,
+                            timeout=600)  # fmt: skip
+    output = result.stdout + result.stderr
+    log = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "playbook-runs.log"
+    with open(log, "a") as fh:
+        fh.write(f"==== {' '.join(cmd)} -> {result.returncode}\n{output}\n")
+    return result.returncode, output, rfcheck.parse_recap(output)
+
+
+def test_the_gate_stops_a_rejected_token_under_tags_redflag_agent_service():
+    rc, out, recap = _play("site.yml", "--extra-vars", "redflag_rollout_serial=1",
+                           "--tags", "redflag_agent_service")  # fmt: skip
+    text = " ".join(out.split())
+    assert rc == 2, "site.yml passed under --tags redflag_agent_service with a rejected token"
+    assert "batch 2 of 3: fleet-2; the gate waits up to" in text
+    assert ("rollout stopped at batch 2 of 3: hosts fleet-2 failed the health gate: fleet-2: "
+            "rejected: the server rejected the token (exit 77)") in text  # fmt: skip
+    assert "next step: mint a new registration token on the server" in text
+    assert re.search(r"3 of 3\s+not started\s+fleet-3", out), "no summary row for fleet-3"
+    assert "fleet-3" not in recap
+    test_third_host_untouched()
+
+
+def test_skip_tags_always_is_refused_before_any_host_is_touched():
+    rc, out, recap = _play("site.yml", "--skip-tags", "always")
+    assert rc != 0
+    assert "--skip-tags always would skip site.yml's batch counter, health gate" in out
+    assert recap == {}, "a host was in the play"
+
+
+def _status_rows(out: str) -> dict[str, str]:
+    """The fleet table's lines under the JSON result format: one quoted entry per line."""
+    rows = {}
+    for line in out.splitlines():
+        match = re.match(r'\s*"((fleet-\d|HOST)\s.*)",?$', line)
+        if match:
+            rows[match.group(2)] = match.group(1)
+    return rows
+
+
+def test_the_fleet_table_shows_the_rejected_token_under_the_json_format():
+    rc, out, _recap = _play("status.yml", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+                            ANSIBLE_STDOUT_CALLBACK="default")  # fmt: skip
+    assert rc == 0, out[-2000:]
+    rows = _status_rows(out)
+    assert rows["HOST"].endswith("LAST CHECK-IN         LAST ERROR"), rows
+    col = rows["HOST"].index("LAST ERROR")
+    assert rows["fleet-1"][col:] == "-"
+    assert rows["fleet-2"][col:].startswith(
+        "exit 77: token rejected: the server rejected the registration token"
+    ), rows["fleet-2"]
+    assert "not installed" in rows["fleet-3"]
+
+
+def test_an_agent_the_server_deleted_shows_in_the_table_and_fails_the_gate():
+    sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "agent_src"))
+    from redflag_devserver.store import Store  # noqa: PLC0415 - the stand-in's own store
+
+    host = _host("fleet-1")
+    agent_id = rfcheck.agent_status(host)["agent_id"]
+    Store(str(rfcheck.state_dir() / "devserver.db")).deregister(agent_id, time.time())
+    rfcheck.run_ok(host, "systemctl restart redflag-agent")  # checks in at once: 404
+    rfcheck.wait_for(
+        lambda: rfcheck.unit_props(host, "ActiveState")["ActiveState"] == "failed", 30,
+        interval=0.5, what="fleet-1 to stop after the server deleted it",
+    )  # fmt: skip
+    _rc, out, _recap = _play("status.yml", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    row = _status_rows(out)["fleet-1"]
+    assert f"exit 77: token rejected: the server does not know agent {agent_id} any more" in row
+
+    rc, out, _recap = _play("site.yml", "--tags", "redflag_agent_service", "--limit", "fleet-1")
+    text = " ".join(out.split())
+    assert rc == 2, "site.yml passed with an agent the server deleted"
+    assert "hosts fleet-1 failed the health gate: fleet-1: rejected:" in text
+    assert "the server does not know agent" in text
+    assert "add -e redflag_agent_force_reregister=true when the server deleted" in text
