@@ -1,0 +1,248 @@
+"""Backoff timing and the check-in loop, pinned exactly (issue 15: mutation testing).
+
+Table tests for the pure timing and parsing functions, and the loop's sleeps: a check-in
+loop that stops sleeping hammers the server, and nothing else would notice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from redflag_agent import backoff
+from redflag_agent import checkin as ck
+from redflag_agent import config as c
+from redflag_agent.checkin import Agent
+from redflag_agent.client import Client
+from redflag_agent.signals import Terminated, Terminator
+from redflag_agent.status import StatusFile, read_state
+
+LOG = logging.getLogger("redflag.test.mut")
+AID = "4b3f0c1e-0000-4000-8000-000000000001"
+CMDS = f"/api/v1/agents/{AID}/commands"
+RENEW = "/api/v1/agents/renew"
+UPDATES = f"/api/v1/agents/{AID}/updates"
+
+
+# --- backoff -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "expect"), [
+    ({"attempt": 0, "rand": 0.5}, 1.0),
+    ({"attempt": 0, "rand": 0.0}, 0.5),  # full jitter drew 0: never spin
+    ({"attempt": 3, "rand": 0.5}, 8.0),
+    ({"attempt": 3, "rand": 0.0}, 0.5),
+    ({"attempt": 10, "rand": 0.99}, 297.0),  # capped at 300 before the jitter
+    ({"attempt": 5000, "rand": 0.5}, 150.0),  # no float overflow on a long outage
+    ({"attempt": 0, "rand": 0.0, "base": 0.1}, 0.1),  # floor never above the base
+    ({"attempt": 10, "rand": 0.5, "cap": 5.0}, 2.5),
+    ({"attempt": 0, "rand": 0.1, "retry_after": 30.0}, 30.0),
+    ({"attempt": 0, "rand": 0.1, "retry_after": 10_000.0}, 300.0),
+    ({"attempt": 3, "rand": 0.5, "retry_after": 1.0}, 8.0),  # a floor, not a ceiling
+    ({"attempt": 3, "rand": 0.5, "retry_after": 9.0}, 9.0),
+    ({"attempt": 3, "rand": 0.5, "retry_after": 20.0, "cap": 12.0}, 12.0),
+])
+def test_retry_delay_exact(kwargs, expect):
+    assert backoff.retry_delay(**kwargs) == pytest.approx(expect)
+
+
+def test_retry_delay_defaults():
+    assert (backoff.DEFAULT_BASE, backoff.DEFAULT_CAP, backoff.MIN_DELAY) == (2.0, 300.0, 0.5)
+    assert backoff.retry_delay(1, 0.5) == 2.0
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    ((300, 0.0), 270.0),
+    ((300, 0.5), 300.0),
+    ((300, 1.0), 330.0),
+    ((300, 0.25), 285.0),
+    (("300", 0.5), 300.0),
+    ((0.2, 0.5), 1.0),  # never below a second
+    ((-5, 0.0), 0.9),
+    ((100, 0.25, 0.2), 90.0),
+])
+def test_checkin_delay_exact(args, expect):
+    assert backoff.checkin_delay(*args) == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    ((300.0, True, 200.0, 100.0), 10.0),
+    ((300.0, False, 200.0, 100.0), 300.0),
+    ((300.0, True, None, 100.0), 300.0),
+    ((300.0, True, 100.0, 100.0), 300.0),  # the window ended now
+    ((300.0, True, 99.0, 100.0), 300.0),
+    ((5.0, True, 200.0, 100.0), 5.0),  # rapid never slows a faster interval
+])
+def test_rapid_interval_exact(args, expect):
+    assert backoff.rapid_interval(*args) == expect
+
+
+# --- pure parsing ------------------------------------------------------------------------
+@pytest.mark.parametrize(("prev", "cur", "expect"), [
+    ((100, 1000), (150, 1100), 50.0),
+    ((100, 1000), (200, 1100), 0.0),
+    ((100, 1000), (100, 1100), 100.0),
+    ((100, 1000), (133, 1300), 89.0),
+    (None, (1, 2), 0.0),
+    ((1, 2), None, 0.0),
+    ((1, 1000), (1, 1000), 0.0),  # no time passed: no division by zero
+    ((1, 1000), (1, 900), 0.0),
+    ((100, 1000), (400, 1100), 0.0),  # idle beyond total (counter reset): clamped
+])
+def test_cpu_percent(prev, cur, expect):
+    assert ck.cpu_percent(prev, cur) == expect
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("MemTotal: 2097152 kB\nMemFree: 100 kB\nMemAvailable: 1048576 kB\n",
+     {"memory_total_gb": 2.0, "memory_used_gb": 1.0, "memory_percent": 50.0}),
+    ("MemTotal: 4194304 kB\nMemFree: 1048576 kB\n",
+     {"memory_total_gb": 4.0, "memory_used_gb": 3.0, "memory_percent": 75.0}),
+    ("MemTotal: 1048576 kB\nMemAvailable: 2097152 kB\n",
+     {"memory_total_gb": 1.0, "memory_used_gb": 0.0, "memory_percent": 0.0}),
+    ("MemTotal: 1048576 kB\n", {"memory_total_gb": 1.0, "memory_used_gb": 1.0,
+                                "memory_percent": 100.0}),
+    ("garbage\nMemTotal: lots kB\n", {"memory_total_gb": 0.0, "memory_used_gb": 0.0,
+                                       "memory_percent": 0.0}),
+    ("MemTotal:\n", {"memory_total_gb": 0.0, "memory_used_gb": 0.0, "memory_percent": 0.0}),
+    ("MemTotal: 3000000 kB\nMemAvailable: 1000000 kB\n",
+     {"memory_total_gb": 2.86, "memory_used_gb": 1.91, "memory_percent": 66.7}),
+])
+def test_parse_meminfo(text, expect):
+    assert ck.parse_meminfo(text) == expect
+
+
+def test_host_metrics_reports_every_field_from_this_host():
+    metrics, cur = ck.host_metrics(None)
+    assert set(metrics) == {"cpu_percent", "memory_total_gb", "memory_used_gb",
+                            "memory_percent", "disk_total_gb", "disk_used_gb", "disk_percent",
+                            "uptime"}
+    assert metrics["cpu_percent"] == 0.0  # no earlier sample
+    assert cur is not None and cur[1] >= cur[0] > 0
+    assert metrics["memory_total_gb"] > 0 and metrics["disk_total_gb"] > 0
+    assert 0 <= metrics["disk_used_gb"] <= metrics["disk_total_gb"]
+    assert 0 < metrics["disk_percent"] <= 100
+    assert isinstance(metrics["uptime"], int) and metrics["uptime"] > 0
+    with open("/proc/uptime", encoding="ascii") as fh:
+        assert abs(metrics["uptime"] - float(fh.read().split()[0])) < 5
+
+
+@pytest.mark.parametrize(("value", "expect"), [
+    ("2030-01-02T03:04:05Z", 1893553445.0),
+    ("2030-01-02T03:04:05z", 1893553445.0),
+    ("2030-01-02T03:04:05", 1893553445.0),  # no offset: UTC
+    ("2030-01-02T03:04:05.5Z", 1893553445.0),
+    ("2030-01-02T03:04:05+01:30", 1893553445.0 - 5400),
+    ("2030-01-02T03:04:05-02:15", 1893553445.0 + 8100),
+    ("  2030-01-02T03:04:05Z  ", 1893553445.0),
+    ("2030-13-02T03:04:05Z", None),  # no month 13
+    ("2030-01-02 03:04:05Z", None),
+    ("", None),
+    (None, None),
+    (1893553445, None),
+    ("2030-01-02T03:04:05Z" + " " * 50 + "x", 1893553445.0),  # only the first 64 read
+    ("2030-01-02T03:04:05Z" + "x" * 50, None),
+])
+def test_parse_until(value, expect):
+    assert ck.parse_until(value) == expect
+
+
+@pytest.mark.parametrize(("item", "expect"), [
+    ({"id": "c1", "type": "scan_updates"}, None),
+    ({"id": "c1", "type": "scan_updates", "params": {}}, None),
+    ("x", "not a JSON object"),
+    ({"type": "t"}, "id is missing or not a string"),
+    ({"id": "", "type": "t"}, "id is missing or not a string"),
+    ({"id": "a b", "type": "t"},
+     "id a b is not printable ASCII of at most 128 characters"),
+    ({"id": "x" * 129, "type": "t"},
+     f"id {'x' * 64}...[65 more chars] is not printable ASCII of at most 128 characters"),
+    ({"id": "c1"}, "command c1: type is missing or not a string"),
+    ({"id": "c1", "type": ""}, "command c1: type is missing or not a string"),
+    ({"id": "c1", "type": "t" * 65}, "command c1: type is longer than 64 characters"),
+    ({"id": "c1", "type": "t" * 64}, None),
+    ({"id": "c1", "type": "t", "params": []}, "command c1: params is not a JSON object"),
+])
+def test_command_problem_messages(item, expect):
+    assert ck.command_problem(item) == expect
+
+
+def test_valid_commands_messages_and_params():
+    raw = [{"id": "c1", "type": "scan_updates", "params": None}, 7,
+           {"id": "c2", "type": "t", "params": {"a": 1}}]
+    good, skipped = ck.valid_commands(raw)
+    assert good == [{"id": "c1", "type": "scan_updates", "params": {}},
+                    {"id": "c2", "type": "t", "params": {"a": 1}}]
+    assert skipped == ["command #1: not a JSON object"]
+    assert ck.valid_commands("x") == ([], ["'commands' is not a list"])
+    many = [{"id": f"c{i}", "type": "t"} for i in range(ck.MAX_COMMANDS + 3)]
+    good, skipped = ck.valid_commands(many)
+    assert [g["id"] for g in good] == [f"c{i}" for i in range(ck.MAX_COMMANDS)]
+    assert skipped == ["3 commands beyond the first 100"]
+
+
+# --- the loop sleeps ---------------------------------------------------------------------
+class SleepRecorder(Terminator):
+    """Records every sleep; stops the loop after `stop_after` sleeps."""
+
+    def __init__(self, stop_after: int) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+        self.stop_after = stop_after
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if len(self.slept) >= self.stop_after:
+            raise Terminated("test")
+
+
+def make_agent(tmp_root, server, term, rand=lambda: 0.5, **cfg_extra):
+    cfg = {"version": "6", "server_url": server.url, "agent_id": AID, "token": "OLD-JWT",
+           "refresh_token": "REFRESH-1", "check_in_interval": 300, "machine_id": "m"}
+    cfg.update(cfg_extra)
+    tmp_root.state_dir.mkdir(parents=True)
+    c.save_config(tmp_root, cfg)
+    return Agent(tmp_root, dict(cfg), Client(server.url), LOG, terminator=term,
+                 status=StatusFile(tmp_root, LOG), backoff_base=2.0, backoff_cap=60.0,
+                 rand=rand)
+
+
+def test_loop_sleeps_the_backoff_after_each_failure_and_the_interval_after_success(
+        tmp_root, fake_server, caplog):
+    fake_server.on("GET", CMDS, (500, {"error": "db"}), (503, {"error": "down"}),
+                   (500, {"error": "db"}), (200, {"commands": []}), (500, {"error": "db"}))
+    term = SleepRecorder(stop_after=5)
+    agent = make_agent(tmp_root, fake_server, term)
+    with caplog.at_level(logging.WARNING, logger=LOG.name), pytest.raises(Terminated):
+        agent.loop()
+    # attempts 0, 1, 2 at rand 0.5 (base 2), then the interval, then attempt 0 again
+    assert term.slept == [1.0, 2.0, 4.0, 300.0, 1.0]
+    assert len(fake_server.seen("GET", CMDS)) == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 4
+    assert warnings[0].startswith("check-in failed: ")
+    assert "; retry 1 in 1.0 s (at " in warnings[0]
+    assert "; retry 3 in 4.0 s (at " in warnings[2]
+    assert "; retry 1 in 1.0 s (at " in warnings[3]  # the count restarts after a success
+    assert read_state(tmp_root)["last_error"].endswith(warnings[3].split(": ", 1)[1].split(
+        "; retry")[0])
+
+
+def test_loop_sleep_is_bounded_by_max_sleep(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    term = SleepRecorder(stop_after=1)
+    agent = make_agent(tmp_root, fake_server, term, rand=lambda: 1.0,
+                       check_in_interval=86400)
+    agent.cfg["check_in_interval"] = 10 ** 9  # as a hand-edited, in-memory config could
+    with pytest.raises(Terminated):
+        agent.loop()
+    assert term.slept == [ck.MAX_SLEEP]
+
+
+def test_loop_sleeps_the_rapid_interval(tmp_root, fake_server):
+    fake_server.on("GET", CMDS, (200, {"commands": [], "rapid_polling": {
+        "enabled": True, "until": "9999-12-31T23:59:59Z"}}))
+    term = SleepRecorder(stop_after=2)
+    agent = make_agent(tmp_root, fake_server, term)
+    with pytest.raises(Terminated):
+        agent.loop()
+    assert term.slept == [backoff.RAPID_POLL_INTERVAL] * 2
