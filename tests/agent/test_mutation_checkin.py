@@ -195,7 +195,20 @@ class SleepRecorder(Terminator):
             raise Terminated("test")
 
 
-def make_agent(tmp_root, server, term, rand=lambda: 0.5, **cfg_extra):
+class BoundedRand:
+    """rand() is drawn once per loop turn: a loop that stops sleeping fails fast here."""
+
+    def __init__(self, value: float, limit: int = 20) -> None:
+        self.value, self.limit, self.calls = value, limit, 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls > self.limit:
+            raise AssertionError("the check-in loop ran without sleeping")
+        return self.value
+
+
+def make_agent(tmp_root, server, term, rand=0.5, **cfg_extra):
     cfg = {"version": "6", "server_url": server.url, "agent_id": AID, "token": "OLD-JWT",
            "refresh_token": "REFRESH-1", "check_in_interval": 300, "machine_id": "m"}
     cfg.update(cfg_extra)
@@ -203,7 +216,7 @@ def make_agent(tmp_root, server, term, rand=lambda: 0.5, **cfg_extra):
     c.save_config(tmp_root, cfg)
     return Agent(tmp_root, dict(cfg), Client(server.url), LOG, terminator=term,
                  status=StatusFile(tmp_root, LOG), backoff_base=2.0, backoff_cap=60.0,
-                 rand=rand)
+                 rand=BoundedRand(rand))
 
 
 def test_loop_sleeps_the_backoff_after_each_failure_and_the_interval_after_success(
@@ -230,7 +243,7 @@ def test_loop_sleeps_the_backoff_after_each_failure_and_the_interval_after_succe
 def test_loop_sleep_is_bounded_by_max_sleep(tmp_root, fake_server):
     fake_server.on("GET", CMDS, (200, {"commands": []}))
     term = SleepRecorder(stop_after=1)
-    agent = make_agent(tmp_root, fake_server, term, rand=lambda: 1.0,
+    agent = make_agent(tmp_root, fake_server, term, rand=1.0,
                        check_in_interval=86400)
     agent.cfg["check_in_interval"] = 10 ** 9  # as a hand-edited, in-memory config could
     with pytest.raises(Terminated):
