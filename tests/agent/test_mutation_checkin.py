@@ -259,3 +259,212 @@ def test_loop_sleeps_the_rapid_interval(tmp_root, fake_server):
     with pytest.raises(Terminated):
         agent.loop()
     assert term.slept == [backoff.RAPID_POLL_INTERVAL] * 2
+
+
+# --- tokens, machine ID and commands, with a scripted client -------------------------------
+class StubClient:
+    """What the Agent calls on a Client; each answer scripted, each call recorded."""
+
+    machine_id = "f" * 32
+    base = "http://127.0.0.1:9"
+
+    def __init__(self, renew=None, check_in=None, report=None):
+        self.answers = {"renew": renew, "check_in": check_in, "report": report}
+        self.calls: list[tuple] = []
+
+    def _answer(self, name, *args):
+        self.calls.append((name, *args))
+        answer = self.answers[name]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer(*args) if callable(answer) else answer
+
+    def renew(self, agent_id, refresh_token):
+        return self._answer("renew", agent_id, refresh_token)
+
+    def check_in(self, agent_id, jwt, body):
+        return self._answer("check_in", agent_id, jwt, body)
+
+    def report_updates(self, agent_id, jwt, body):
+        return self._answer("report", agent_id, jwt, body)
+
+
+def stub_agent(tmp_root, client, on_disk=None, lister=None, adopt=None, **cfg_extra):
+    cfg = {"version": "6", "server_url": "http://127.0.0.1:9", "agent_id": AID,
+           "token": "OLD-JWT", "refresh_token": "REFRESH-1", **cfg_extra}
+    tmp_root.state_dir.mkdir(parents=True, exist_ok=True)
+    c.save_config(tmp_root, cfg if on_disk is None else on_disk)
+    return Agent(tmp_root, dict(cfg), client, LOG, terminator=Terminator(),
+                 status=StatusFile(tmp_root, LOG), lister=lister, adopt_machine_id=adopt)
+
+
+def test_binding_refusal_names_this_agent_and_machine(tmp_root):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import MISMATCH, BindingRefused  # noqa: PLC0415
+
+    exc = BindingRefused(MISMATCH, "machine id mismatch")
+    agent = stub_agent(tmp_root, StubClient(check_in=exc))
+    with pytest.raises(binding.Refused) as got:
+        agent.check_in_once()
+    want = binding.binding_refusal(exc, AID, "f" * 32)
+    assert (str(got.value), got.value.exit_code) == (str(want), want.exit_code)
+    assert AID in str(got.value) and "f" * 32 in str(got.value)
+
+
+@pytest.mark.parametrize(("exc", "detail"), [
+    ("unauthorized", "refresh token expired"),
+    ("not_found", "not found (404): no reason given"),
+])
+def test_refused_renewal_message_names_the_agent(tmp_root, exc, detail):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import NotFound, Unauthorized  # noqa: PLC0415
+    from redflag_agent.registration import TokenRejected  # noqa: PLC0415
+
+    raised = Unauthorized("refresh token expired") if exc == "unauthorized" else NotFound("")
+    agent = stub_agent(tmp_root, StubClient(renew=raised))
+    with pytest.raises(TokenRejected) as got:
+        agent.renew()
+    assert str(got.value) == binding.renew_rejected_message(AID, detail)
+
+
+@pytest.mark.parametrize(("refresh", "suffix"), [("REFRESH-2", " (refresh token rotated)"),
+                                                 (None, "")])
+def test_renew_saves_and_says_so(tmp_root, caplog, refresh, suffix):
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    client = StubClient(renew=Renewal("NEW-JWT", refresh))
+    agent = stub_agent(tmp_root, client, check_in_interval=60)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        assert agent.renew() == "NEW-JWT"
+    assert client.calls == [("renew", AID, "REFRESH-1")]
+    on_disk = c.read_config(tmp_root.config_file)
+    assert (on_disk["token"], on_disk["refresh_token"]) == ("NEW-JWT", refresh or "REFRESH-1")
+    assert (agent.cfg["token"], agent.cfg["refresh_token"]) == ("NEW-JWT",
+                                                                refresh or "REFRESH-1")
+    assert on_disk["check_in_interval"] == 60
+    assert caplog.messages == [f"access token renewed for agent {AID}{suffix}"]
+
+
+def test_renewed_tokens_never_overwrite_another_identity(tmp_root, caplog):
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    other = {"version": "6", "server_url": "http://s", "agent_id": "other",
+             "refresh_token": "R-OTHER", "token": "J-OTHER"}
+    agent = stub_agent(tmp_root, StubClient(renew=Renewal("NEW-JWT", "REFRESH-2")),
+                       on_disk=other)
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        agent.renew()
+    assert c.read_config(tmp_root.config_file) == other
+    assert caplog.messages == [
+        f"{tmp_root.config_file} now holds another identity than agent {AID} (changed by "
+        "`config apply` or a re-enrollment); the renewed tokens stay in memory for this "
+        "process only"]
+
+
+@pytest.mark.parametrize(("refresh", "expect"), [
+    ("REFRESH-2", (logging.ERROR,
+     "cannot save the rotated refresh token of agent {aid} to {path} (No space left on "
+     "device); if the agent stops before it is saved, its next renewal relies on the server's "
+     "one grace replay")),
+    (None, (logging.WARNING,
+     "cannot save the renewed access token to {path} (No space left on device); it is "
+     "renewed again when needed")),
+])
+def test_unsaved_renewal_is_logged(tmp_root, caplog, monkeypatch, refresh, expect):
+    level, message = expect
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    agent = stub_agent(tmp_root, StubClient(renew=Renewal("NEW-JWT", refresh)))
+    before = tmp_root.config_file.read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(c, "save_config", full)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.renew()
+    assert tmp_root.config_file.read_bytes() == before
+    assert [(r.levelno, r.getMessage()) for r in caplog.records][0] == (
+        level, message.format(aid=AID, path=tmp_root.config_file))
+
+
+def test_adopted_machine_id_is_recorded_once_the_server_accepts(tmp_root, caplog):
+    client = StubClient(check_in={"commands": []})
+    agent = stub_agent(tmp_root, client, adopt="a" * 32)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.check_in_once()
+    assert c.read_config(tmp_root.config_file)["machine_id"] == "a" * 32
+    assert agent.cfg["machine_id"] == "a" * 32 and agent.adopt_machine_id is None
+    assert caplog.messages == [f"recorded machine ID {'a' * 16}... with agent {AID} (the "
+                               "server accepted it)"]
+
+
+def test_adopt_is_dropped_when_another_identity_is_there(tmp_root, caplog):
+    other = {"version": "6", "server_url": "http://s", "agent_id": "other",
+             "refresh_token": "R"}
+    agent = stub_agent(tmp_root, StubClient(check_in={"commands": []}), on_disk=other,
+                       adopt="a" * 32)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.check_in_once()
+    assert agent.adopt_machine_id is None and "machine_id" not in agent.cfg
+    assert c.read_config(tmp_root.config_file) == other
+    assert caplog.messages == []
+
+
+def test_adopt_failure_is_retried_after_the_next_check_in(tmp_root, caplog, monkeypatch):
+    from redflag_agent import binding  # noqa: PLC0415
+
+    def full(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(binding, "record_machine_id", full)
+    agent = stub_agent(tmp_root, StubClient(check_in={"commands": []}), adopt="a" * 32)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.check_in_once()
+    assert agent.adopt_machine_id == "a" * 32
+    assert caplog.messages == [
+        f"cannot record machine ID {'a' * 16}... with agent {AID} in {tmp_root.config_file} "
+        "(No space left on device); retrying after the next check-in"]
+
+
+def test_handle_messages(tmp_root, caplog):
+    agent = stub_agent(tmp_root, StubClient())
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.handle({"id": "c1", "type": "reboot", "params": {}})
+        agent.handle({"id": "c2", "type": "frob\nx", "params": {}})
+    assert caplog.messages == ["command c1 (reboot) is not supported by this agent; skipped",
+                               "unknown command type 'frob\\nx' (id c2); skipped"]
+
+
+def test_scan_updates_reports_with_the_jwt_and_logs(tmp_root, caplog):
+    update = {"package_name": "bash", "available_version": "5.2"}
+    client = StubClient(report={"message": "ok"})
+    agent = stub_agent(tmp_root, client, lister=lambda: [update])
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.handle({"id": "c1", "type": "scan_updates", "params": {}})
+    (name, aid, jwt, body), = client.calls
+    assert (name, aid, jwt) == ("report", AID, "OLD-JWT")
+    assert set(body) == {"command_id", "timestamp", "updates"}
+    assert (body["command_id"], body["updates"]) == ("c1", [update])
+    assert body["timestamp"].endswith("Z")
+    assert caplog.messages == ["scan_updates c1: reported 1 available updates"]
+
+
+@pytest.mark.parametrize("error", ["scan", "os", "subprocess"])
+def test_failed_scan_is_logged_and_nothing_reported(tmp_root, caplog, error):
+    import subprocess  # noqa: PLC0415
+
+    from redflag_agent import scan  # noqa: PLC0415
+
+    exc = {"scan": scan.ScanError("dnf broke"), "os": OSError("dnf broke"),
+           "subprocess": subprocess.TimeoutExpired("dnf", 1)}[error]
+
+    def lister():
+        raise exc
+
+    client = StubClient()
+    agent = stub_agent(tmp_root, client, lister=lister)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.scan_updates("c9")
+    assert client.calls == []
+    assert caplog.messages == [f"scan_updates c9 failed: {exc}"]
