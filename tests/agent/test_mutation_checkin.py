@@ -468,3 +468,26 @@ def test_failed_scan_is_logged_and_nothing_reported(tmp_root, caplog, error):
         agent.scan_updates("c9")
     assert client.calls == []
     assert caplog.messages == [f"scan_updates c9 failed: {exc}"]
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_renew_crash_point_is_after_the_answer_before_the_save(tmp_root, monkeypatch):
+    """The kill -9 window the crash tests use: the server rotated, nothing saved yet."""
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+    from redflag_agent.migration import faults  # noqa: PLC0415
+
+    def exit_(status):
+        raise Killed(status)
+
+    monkeypatch.setattr(faults.os, "_exit", exit_)
+    monkeypatch.setenv(faults.FAULT_ENV, "renew:answered")
+    client = StubClient(renew=Renewal("NEW-JWT", "REFRESH-2"))
+    agent = stub_agent(tmp_root, client)
+    before = tmp_root.config_file.read_bytes()
+    with pytest.raises(Killed):
+        agent.renew()
+    assert client.calls == [("renew", AID, "REFRESH-1")]
+    assert tmp_root.config_file.read_bytes() == before

@@ -548,3 +548,26 @@ def test_perform_token_rejected_message(tmp_root, fake_server):
         r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
     assert str(exc.value).startswith("the server rejected the registration token (")
     assert r.read_attempt(tmp_root) is None
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_register_crash_point_is_after_the_answer_before_the_save(tmp_root, fake_server,
+                                                                   monkeypatch):
+    from redflag_agent.migration import faults  # noqa: PLC0415
+
+    def exit_(status):
+        raise Killed(status)
+
+    monkeypatch.setattr(faults.os, "_exit", exit_)
+    monkeypatch.setenv(faults.FAULT_ENV, "register:answered")
+    fake_server.on("POST", REG, OK)
+    cfg = _setup(tmp_root, fake_server.url)
+    before = tmp_root.config_file.read_bytes()
+    with pytest.raises(Killed):
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert len(fake_server.seen("POST", REG)) == 1
+    assert tmp_root.config_file.read_bytes() == before
+    assert r.read_attempt(tmp_root)["agent_id"] is None  # the marker stays: maybe registered
