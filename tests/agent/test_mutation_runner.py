@@ -160,3 +160,72 @@ def test_backoff_defaults_used_by_a_runner(tmp_root):
     runner = Runner(tmp_root, LOG, Terminator(), environ={})
     assert (runner.backoff_base, runner.backoff_cap) == (backoff.DEFAULT_BASE,
                                                          backoff.DEFAULT_CAP)
+
+
+# --- a cloned identity set aside before enrolling ------------------------------------------
+CLONED = {"version": "6", "server_url": "http://s", "agent_id": AID, "token": "J",
+          "refresh_token": "R", "machine_id": "a" * 64, "registration_token": "T"}
+
+
+def set_aside_runner(tmp_root, monkeypatch, outcomes, stop_after=10):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.machine_id import MachineId  # noqa: PLC0415
+
+    seen = []
+
+    def set_aside(paths, cfg, host, reason, shield):
+        seen.append((cfg, host, reason))
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(binding, "set_aside", set_aside)
+    term = SleepRecorder(stop_after=stop_after)
+    runner = Runner(tmp_root, LOG, term, rand=lambda: 0.5, environ=SLOW)
+    return runner, term, seen, MachineId("b" * 64, "etc/machine-id")
+
+
+def test_set_aside_retries_with_sleeps_then_enrolls(tmp_root, monkeypatch, caplog):
+    backup = tmp_root.state_dir / "identity_backups" / "x.json"
+    runner, term, seen, host = set_aside_runner(
+        tmp_root, monkeypatch, [OSError(28, "No space left on device"), OSError("plain"),
+                                backup])
+    with caplog.at_level(logging.INFO):
+        out = runner._set_aside(dict(CLONED), host)
+    assert out == {"version": "6", "server_url": "http://s", "registration_token": "T"}
+    assert term.slept == [1.0, 2.0]
+    assert seen[0][2] == (f"registered on another machine (recorded machine ID {'a' * 64}); "
+                          f"this host ({'b' * 64}) enrolls as a new agent")
+    assert seen[0][1] is host and len(seen) == 3
+    assert caplog.messages == [
+        f"cannot set the copied identity of agent {AID} aside (No space left on device); "
+        "nothing was changed; retry 1 in 1.0 s",
+        f"cannot set the copied identity of agent {AID} aside (plain); nothing was changed; "
+        "retry 2 in 2.0 s",
+        f"the identity of agent {AID} was registered on another machine (this host is a "
+        f"clone): set aside in {backup}; enrolling this host as a new agent with the "
+        "registration token"]
+    assert [r.levelno for r in caplog.records] == [logging.ERROR, logging.ERROR,
+                                                   logging.WARNING]
+
+
+def test_set_aside_config_error_exits_78(tmp_root, monkeypatch, caplog):
+    from redflag_agent import config as c  # noqa: PLC0415
+
+    runner, term, _, host = set_aside_runner(tmp_root, monkeypatch,
+                                             [c.ConfigError("planted symlink")])
+    with caplog.at_level(logging.INFO):
+        assert runner._set_aside(dict(CLONED), host) == EX_CONFIG
+    assert term.slept == []
+    assert caplog.messages == ["cannot set the copied identity aside: planted symlink"]
+
+
+def test_set_aside_lost_race_exits_75(tmp_root, monkeypatch, caplog):
+    from redflag_agent.runner import EX_TEMPFAIL  # noqa: PLC0415
+
+    runner, _, _, host = set_aside_runner(tmp_root, monkeypatch, [None])
+    with caplog.at_level(logging.INFO):
+        assert runner._set_aside(dict(CLONED), host) == EX_TEMPFAIL
+    assert caplog.messages == [f"{tmp_root.config_file} changed while the agent started "
+                               "(another identity is there now); starting again"]
