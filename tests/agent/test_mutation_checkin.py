@@ -491,3 +491,153 @@ def test_renew_crash_point_is_after_the_answer_before_the_save(tmp_root, monkeyp
         agent.renew()
     assert client.calls == [("renew", AID, "REFRESH-1")]
     assert tmp_root.config_file.read_bytes() == before
+
+
+# --- edges the first mutation run left standing -------------------------------------------
+def test_cpu_sample_reads_idle_and_iowait_of_the_cpu_line(monkeypatch, tmp_path):
+    stat_file = tmp_path / "stat"
+    stat_file.write_text("cpu  10 20 30 400 50 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        stat_file if path == "/proc/stat" else path, *a, **k))
+    assert ck._cpu_sample() == (450, 531)
+    stat_file.write_text("cpu  10 20 30 400\n")  # an old kernel: no iowait column
+    assert ck._cpu_sample() == (400, 460)
+    stat_file.write_text("cpu  x y\n")
+    assert ck._cpu_sample() is None
+
+
+@pytest.mark.parametrize(("value", "expect"), [
+    ("2030-01-02T03:04:05+11:00", 1893553445.0 - 11 * 3600),
+    ("2030-01-02T03:04:05Z" + " " * 44 + "x", 1893553445.0),  # char 65 is never read
+    ("2030-01-02T03:04:05Z" + " " * 43 + "x", None),
+])
+def test_parse_until_edges(value, expect):
+    assert ck.parse_until(value) == expect
+
+
+def test_parse_until_is_utc_whatever_the_local_zone(monkeypatch):
+    import time  # noqa: PLC0415
+
+    monkeypatch.setenv("TZ", "XXX-5:30")
+    time.tzset()
+    try:
+        assert ck.parse_until("2030-01-02T03:04:05Z") == 1893553445.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+NOW_RAPID = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(("wall_now", "end"), [
+    (NOW_RAPID, None),  # ends right now: no window
+    (NOW_RAPID - 0.5, 5_000.5),  # half a second left is still a window
+])
+def test_rapid_window_edges(wall_now, end):
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    until = datetime.fromtimestamp(NOW_RAPID, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window = ck.rapid_window({"enabled": True, "until": until}, wall_now, 5_000.0, None)
+    assert (window[1] if window else None) == end
+
+
+def test_unknown_command_id_is_bounded_in_the_log(tmp_root, caplog):
+    agent = stub_agent(tmp_root, StubClient())
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.handle({"id": "c" * 100, "type": "frob", "params": {}})
+    assert caplog.messages == [f"unknown command type 'frob' (id {'c' * 64}...[36 more chars]); "
+                               "skipped"]
+
+
+def test_loop_honours_the_servers_retry_after(tmp_root, monkeypatch, caplog):
+    from redflag_agent.client import RateLimited  # noqa: PLC0415
+
+    monkeypatch.setattr(ck.time, "time", lambda: 1_800_000_000.0)
+    term = SleepRecorder(stop_after=1)
+    agent = stub_agent(tmp_root, StubClient(check_in=RateLimited(30.0, "slow down")))
+    agent.term = term
+    agent.rand = BoundedRand(0.5)
+    with caplog.at_level(logging.WARNING, logger=LOG.name), pytest.raises(Terminated):
+        agent.loop()
+    assert term.slept == [30.0]
+    assert caplog.messages == ["check-in failed: rate limited (429): slow down; retry 1 in "
+                               "30.0 s (at 08:00:30)"]
+
+
+def test_loop_handles_the_commands_it_gets(tmp_root):
+    update = {"package_name": "bash"}
+    client = StubClient(check_in={"commands": [{"id": "c1", "type": "scan_updates"}]},
+                        report={"message": "ok"})
+    agent = stub_agent(tmp_root, client, lister=lambda: [update])
+    agent.term = SleepRecorder(stop_after=1)
+    agent.rand = BoundedRand(0.5)
+    with pytest.raises(Terminated):
+        agent.loop()
+    assert [call[0] for call in client.calls] == ["check_in", "report"]
+    assert client.calls[1][3]["command_id"] == "c1"
+
+
+class ShieldCounter(Terminator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shields = 0
+
+    def shielded(self):
+        self.shields += 1
+        return super().shielded()
+
+
+def test_machine_id_is_recorded_under_the_shield(tmp_root, monkeypatch):
+    from redflag_agent import binding  # noqa: PLC0415
+
+    term = ShieldCounter()
+    agent = stub_agent(tmp_root, StubClient(), adopt="a" * 32)
+    agent.term = term
+    real = binding.record_machine_id
+    during = []
+
+    def record(paths, agent_id, machine_id, shield):
+        with shield():
+            during.append(term._shield_depth)
+        return real(paths, agent_id, machine_id, shield)
+
+    monkeypatch.setattr(binding, "record_machine_id", record)
+    agent.record_machine_id()
+    assert during == [1]
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (c.ConfigError("config.json is a symlink"), "config.json is a symlink"),
+    (OSError("plain"), "plain"),
+])
+def test_failed_saves_name_any_error(tmp_root, caplog, monkeypatch, exc, reason):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    def fail(*_a, **_k):
+        raise exc
+
+    agent = stub_agent(tmp_root, StubClient(renew=Renewal("NEW-JWT", None)), adopt="a" * 32)
+    monkeypatch.setattr(binding, "record_machine_id", fail)
+    monkeypatch.setattr(c, "save_config", fail)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.record_machine_id()
+        agent.renew()
+    assert caplog.messages[:2] == [
+        f"cannot record machine ID {'a' * 16}... with agent {AID} in {tmp_root.config_file} "
+        f"({reason}); retrying after the next check-in",
+        f"cannot save the renewed access token to {tmp_root.config_file} ({reason}); it is "
+        "renewed again when needed"]
+
+
+def test_rotated_tokens_not_written_over_a_re_enrolled_refresh_token(tmp_root):
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    on_disk = {"version": "6", "server_url": "http://s", "agent_id": AID,
+               "refresh_token": "REFRESH-NEWER", "token": "J"}
+    agent = stub_agent(tmp_root, StubClient(renew=Renewal("NEW-JWT", "REFRESH-2")),
+                       on_disk=on_disk)
+    agent.renew()
+    assert c.read_config(tmp_root.config_file) == on_disk
