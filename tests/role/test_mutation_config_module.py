@@ -407,3 +407,26 @@ def test_enrollment_decision_fields(config_module):
     assert e(False, 0, False) == config_module.Enrollment(True, False, False, False)
     assert config_module.Enrollment(True, True, True).replaces is False
     assert config_module.token_fingerprint("tok-1") == hashlib.sha256(b"tok-1").hexdigest()[:12]
+
+
+def test_enrollment_default_is_not_enrolled_with_this_token(config_module):
+    assert config_module.decide_enrollment(True, True, True) == config_module.Enrollment(
+        True, True, True, True)
+
+
+def test_interpret_bounds_unparsable_output_to_500(config_module):
+    with pytest.raises(config_module.ApplyError) as exc:
+        config_module.interpret(0, "y" * 700, "")
+    assert str(exc.value).endswith("): " + "y" * 500)
+
+
+def test_failed_unregister_detail_is_bounded(run_main):
+    detail = "z" * 600
+    module, _, _ = run_main({"status --json": ok(STATUS_REG),
+                             "unregister --json": (69, "", "z" * 700),
+                             "config apply --json": ok(APPLIED)},
+                            registration_token=TOKEN, force_reregister=True)
+    assert module.warnings == [
+        f"could not unregister the replaced agent A1 on the server (exit 69: {detail}); "
+        "re-enrolling anyway. Delete agent A1 on the server by hand; its identity is kept "
+        "under /var/lib/redflag-agent/identity_backups"]
