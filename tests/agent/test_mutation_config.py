@@ -324,3 +324,23 @@ def test_save_config_creates_the_directory_0750_and_file_0600(tmp_root):
     assert tmp_root.config_file.read_bytes() == c.serialize(V6)
     c.save_config(str(tmp_root.config_file), dict(V6, x=1))
     assert c.read_config(tmp_root.config_file) == dict(V6, x=1)
+
+
+def test_describe_hides_31_digit_integers():
+    assert c._describe(2 ** 100) == "an integer with more than 30 digits"
+
+
+def test_redacted_and_merge_never_share_nested_values_with_their_input():
+    cfg = {"proxy": {"password": "p"}, "list": [{"a": 1}]}
+    out = c.redacted(cfg)
+    assert cfg["proxy"]["password"] == "p"  # the caller's config still holds the secret
+    out["list"][0]["a"] = 2
+    assert cfg["list"][0]["a"] == 1
+    listed = [{"a": 1}]
+    c.redacted(listed)[0]["a"] = 2
+    assert listed == [{"a": 1}]
+    settings = {"network": {"extra": [1]}, "custom": {"k": [1]}}
+    merged = c.merge_desired(None, settings, None, False)
+    settings["network"]["extra"].append(2)
+    settings["custom"]["k"].append(2)
+    assert (merged["network"]["extra"], merged["custom"]["k"]) == ([1], [1])

@@ -229,3 +229,11 @@ def test_set_aside_lost_race_exits_75(tmp_root, monkeypatch, caplog):
         assert runner._set_aside(dict(CLONED), host) == EX_TEMPFAIL
     assert caplog.messages == [f"{tmp_root.config_file} changed while the agent started "
                                "(another identity is there now); starting again"]
+
+
+def test_set_aside_backoff_respects_the_configured_cap(tmp_root, monkeypatch):
+    runner, term, _, host = set_aside_runner(
+        tmp_root, monkeypatch, [OSError("a"), OSError("b"), tmp_root.state_dir / "backup"])
+    runner.backoff_cap = 1.5
+    runner._set_aside(dict(CLONED), host)
+    assert term.slept == [0.75, 0.75]
