@@ -335,7 +335,8 @@ class Agent:
         try:
             return parse_json_answer("unregister", rc, out, err), rc, ""
         except ApplyError:
-            return {}, rc, agent_error(err) or (err or out or "").strip()[:600]
+            # never empty: an empty reason would drop the warning that the old agent is left
+            return {}, rc, agent_error(err) or (err or out or "").strip()[:600] or "no output"
 
     def migrate(self, dry_run: bool) -> list[str]:
         args = ["migrate"] + (["--dry-run"] if dry_run else []) + ["--json"]

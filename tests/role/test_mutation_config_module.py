@@ -45,6 +45,7 @@ class FakeModule:
         self.calls: list[tuple[list[str], dict]] = []
         self.warnings: list[str] = []
         self.spec = None
+        self.no_log_values: set[str] = set()  # the module adds the settings' secrets here
 
     def run_command(self, argv, **kwargs):
         self.calls.append((argv, kwargs))
@@ -275,6 +276,19 @@ def test_failed_unregister_warns_and_re_enrolls(run_main):
         "could not unregister the replaced agent A1 on the server (exit 69: server "
         "unreachable); re-enrolling anyway. Delete agent A1 on the server by hand; its "
         "identity is kept under /var/lib/redflag-agent/identity_backups"]
+
+
+def test_silent_failed_unregister_still_warns(run_main):
+    # exit 69 with no output at all: the operator must still learn the old agent is left
+    module, kind, result = run_main({
+        "status --json": ok(STATUS_REG),
+        "unregister --json": (69, "", ""),
+        "config apply --json": ok(APPLIED)}, registration_token=TOKEN, force_reregister=True)
+    assert kind == "Exit" and result["unregistered"] == {}
+    assert module.warnings == [
+        "could not unregister the replaced agent A1 on the server (exit 69: no output); "
+        "re-enrolling anyway. Delete agent A1 on the server by hand; its identity is kept "
+        "under /var/lib/redflag-agent/identity_backups"]
 
 
 def test_forget_identity_unregisters_a_registered_template(run_main):
