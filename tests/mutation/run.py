@@ -61,7 +61,9 @@ SELECTION: dict[str, list[str]] = {
         "tests/agent/test_runner*.py", "tests/agent/test_forget_identity.py",
         "tests/agent/test_mutation_runner*.py"],
     "agent_src/redflag_agent/backoff.py": [
-        "tests/agent/test_pure.py", "tests/agent/test_mutation_backoff*.py"],
+        "tests/agent/test_pure.py", "tests/agent/test_mutation_backoff*.py",
+        # the loops' sleeps, pinned where the loops are
+        "tests/agent/test_mutation_checkin.py", "tests/agent/test_mutation_runner.py"],
     "agent_src/redflag_agent/checkin.py": [
         "tests/agent/test_checkin.py", "tests/agent/test_mutation_checkin*.py"],
     "redflag_agent_config.py": [
