@@ -75,7 +75,8 @@ def artifact(tmp_path_factory) -> Path:
 def installed(artifact, tmp_path_factory) -> Path:
     """The artifact installed offline into an empty collections path."""
     root = tmp_path_factory.mktemp("collections")
-    res = _run([str(BIN / "ansible-galaxy"), "collection", "install", "--offline",
+    # --force: a copy elsewhere on the default search path would otherwise make it skip
+    res = _run([str(BIN / "ansible-galaxy"), "collection", "install", "--offline", "--force",
                 "--collections-path", str(root), str(artifact)], root)
     assert res.returncode == 0, res.stdout + res.stderr
     path = root / "ansible_collections" / "redflag" / "agent"
