@@ -110,7 +110,7 @@ def test_the_gate_stops_a_rejected_token_under_tags_redflag_agent_service():
     assert rc == 2, "site.yml passed under --tags redflag_agent_service with a rejected token"
     assert "batch 2 of 3: fleet-2; the gate waits up to" in text
     assert ("rollout stopped at batch 2 of 3: hosts fleet-2 failed the health gate: fleet-2: "
-            "rejected: the server rejected the token (exit 77)") in text  # fmt: skip
+            "rejected: the server rejected the agent's token (exit 77)") in text  # fmt: skip
     assert "next step: mint a new registration token on the server" in text
     assert re.search(r"3 of 3\s+not started\s+fleet-3", out), "no summary row for fleet-3"
     assert "fleet-3" not in recap
