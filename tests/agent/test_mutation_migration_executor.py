@@ -21,8 +21,8 @@ from redflag_agent.migration.model import MAX_ATTEMPTS
 from .migration_fixtures import (
     contents,
     make_fresh_install,
-    make_litter,
     make_legacy,
+    make_litter,
     make_v0119,
     quiet_logger,
     read_json,
