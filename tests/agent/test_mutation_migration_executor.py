@@ -5,6 +5,7 @@ survived `make mutate` on migration/executor.py (docs/MUTATION.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -31,6 +32,7 @@ from .migration_fixtures import (
 ENOSPC = "[Errno 28] No space left on device (injected at config)"
 # made before the backup (it lives in the second): a rollback leaves them, empty of anything else
 OURS = {"etc/redflag-agent", "var/lib/redflag-agent"}
+NAME = "20260101T000000Z"
 RETRY = ("gave up after 3 attempts; the agent will not retry it on its own: fix the cause, "
          "then run `redflag-agent migrate --retry-failed` as root")
 
@@ -506,3 +508,53 @@ def test_a_litter_failure_that_cannot_be_recorded_is_said(tmp_root, killable, mo
     assert _journal(killable)[-2:] == [
         f"could not record the failure in {tmp_root.migration_state_file}: "
         "[Errno 28] No space left on device", report.message]
+
+
+def test_what_each_finished_phase_records_for_the_next_start(tmp_root, killable):
+    make_v0119(tmp_root, litter=1)
+    _run_killed(tmp_root, "config:before")
+    state = read_json(tmp_root.migration_state_file)
+    # the takeover is recorded with where the host came from, before the next phase starts
+    assert state["completed"] == ["takeover"]
+    assert (state["migrated_from"], state["upstream_layout"]) == ("0.1.19-0.1.23",) * 2
+    assert state["completed_at"]["takeover"].endswith("Z")
+    report = _run(tmp_root)
+    state = read_json(tmp_root.migration_state_file)
+    assert state["completed"] == ["takeover", "config", "security", "litter"]
+    assert "in_progress" not in state and state["failures"] == {}
+    litter = dict(state["litter"])
+    assert litter.pop("at").endswith("Z")
+    assert litter == report.litter and report.litter["removed"] == 1
+
+
+def test_a_legacy_host_records_its_origin_with_the_directory_phase(tmp_root, killable):
+    make_legacy(tmp_root)
+    _run_killed(tmp_root, "config:before")
+    state = read_json(tmp_root.migration_state_file)
+    assert state["completed"] == ["directory"]
+    assert state["migrated_from"] == state["upstream_layout"] == "0.1.18"
+
+
+def test_an_intent_recorded_without_counters_is_resumed_from_zero(tmp_root, killable):
+    """A state file written by hand (or an older agent): only the backup name and phases."""
+    make_legacy(tmp_root)
+    tmp_root.state_dir.mkdir(parents=True, exist_ok=True)
+    phases = ["directory", "config", "security"]
+    tmp_root.migration_state_file.write_text(json.dumps(
+        {"format": 1, "completed": [], "failures": {},
+         "in_progress": {"backup": NAME, "phases": phases}}))
+    report = _run(tmp_root)
+    assert report.ok and report.backup == NAME
+    # no origin recorded in that intent: none is claimed
+    assert report.message == f"migrated: {LEGACY_PHASES} (backup {NAME})"
+    assert _journal(killable)[0] == f"resuming a migration interrupted earlier (backup {NAME})"
+
+
+def test_an_intent_without_counters_counts_its_first_resume(tmp_root, killable):
+    make_legacy(tmp_root)
+    tmp_root.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp_root.migration_state_file.write_text(json.dumps(
+        {"format": 1, "completed": [], "failures": {},
+         "in_progress": {"backup": NAME, "phases": ["directory", "config", "security"]}}))
+    _run_killed(tmp_root, "backup:after")
+    assert read_json(tmp_root.migration_state_file)["in_progress"]["resumes"] == 1
