@@ -402,3 +402,34 @@ def test_a_takeover_refuses_a_symlink_where_a_moved_file_is(tmp_root, tmp_path):
     assert entries[os.path.relpath(src, tmp_root.root)]["type"] == "symlink"
     with pytest.raises(safefs.UnsafePath):
         _takeover_entries(tmp_root, [(src, tmp_root.state_dir / "pending_acks.json")])
+
+
+@pytest.mark.parametrize("where, make", [
+    ("config_dir", "file"), ("state_dir", "file"), ("backups_dir", "file"),
+    ("config_file", "dir"), ("migration_state_file", "dir"), ("status_file", "dir"),
+    ("legacy_config_dir", "file")])
+def test_collecting_refuses_the_wrong_kind_of_object_in_our_directories(tmp_root, where, make):
+    from redflag_agent import safefs
+    make_legacy(tmp_root)
+    p = getattr(tmp_root, where)
+    if p.is_dir():
+        import shutil
+        shutil.rmtree(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if make == "file":
+        p.write_text("planted")
+    else:
+        p.mkdir()
+    with pytest.raises(safefs.UnsafePath) as err:
+        backup.collect_entries(tmp_root, [])
+    assert err.value.path == str(p)
+
+
+def test_collecting_refuses_a_directory_where_a_moved_file_goes(tmp_root):
+    from redflag_agent import safefs
+    make_legacy(tmp_root)
+    dst = tmp_root.state_dir / "agent.key"
+    dst.mkdir(parents=True)
+    with pytest.raises(safefs.UnsafePath) as err:
+        backup.collect_entries(tmp_root, [(tmp_root.legacy_state_dir / "agent.key", dst)])
+    assert err.value.path == str(dst)
