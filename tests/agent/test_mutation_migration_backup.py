@@ -179,3 +179,257 @@ def test_a_failed_takeover_puts_every_upstream_object_back(tmp_root):
     report = migration.execute(tmp_root, quiet_logger(), environ={FAULT_ENV: "security:enospc"})
     assert (report.ok, report.failed_phase) == (False, "security")
     assert upstream() == before
+
+
+# --- a manifest the agent user could have rewritten: every bad entry is named, with why ----
+
+GOOD = {"path": "etc/redflag-agent/x.json", "type": "mode", "existed": True}
+LONG = "etc/redflag-agent/" + "d" * 300
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("just text", "is not an object with a 'path'"),
+    ({"path": 5, "type": "dir", "existed": True}, "is not an object with a 'path'"),
+    ({"path": GOOD["path"], "type": "mode"}, "has no known 'type' and 'existed'"),
+    ({"path": GOOD["path"], "type": "fifo", "existed": True},
+     "has no known 'type' and 'existed'"),
+    ({"path": "srv/data", "type": "dir", "existed": True},
+     "is outside the agent's directories (a path outside the agent's directories)"),
+    ({**GOOD, "mode": -1}, "has a bad 'mode'"),
+    ({**GOOD, "mode": True}, "has a bad 'mode'"),
+    ({**GOOD, "uid": 2**32}, "has a bad 'uid'"),
+    ({**GOOD, "gid": "0"}, "has a bad 'gid'"),
+    ({"path": GOOD["path"], "type": "file", "existed": True, "sha256": "ab"},
+     "has no valid 'stored' copy and 'sha256'"),
+    ({"path": GOOD["path"], "type": "file", "existed": True,
+      "stored": f"files/{GOOD['path']}"}, "has no valid 'stored' copy and 'sha256'"),
+    ({"path": GOOD["path"], "type": "symlink", "existed": True},
+     "has no symlink 'target'"),
+    ({"path": LONG, "type": "file", "existed": True}, "has no valid 'stored' copy and 'sha256'"),
+])
+def test_a_bad_manifest_entry_is_named_with_why(tmp_root, entry, why):
+    where = tmp_root.backups_dir / NAME
+    with pytest.raises(MigrationError) as err:
+        backup.restore(tmp_root, NAME, {"entries": [GOOD, entry]})
+    assert str(err.value) == (f"backup {where}: manifest entry {str(entry)[:200]!r} {why}; "
+                              "inspect the backup before migrating again")
+
+
+def test_the_largest_ids_and_modes_a_manifest_may_hold_are_accepted(tmp_root):
+    edge = {**GOOD, "mode": 2**32 - 1, "uid": 0, "gid": 2**32 - 1}
+    backup._validate_entry(tmp_root, tmp_root.backups_dir, edge)  # no exception
+
+
+def test_restore_puts_back_owner_group_and_mode_of_a_changed_file(tmp_root):
+    tmp_root.config_dir.mkdir(parents=True)
+    f = tmp_root.config_dir / "x.json"
+    f.write_text("{}")
+    os.chmod(f, 0o600)
+    rel = "etc/redflag-agent/x.json"
+    backup.restore(tmp_root, NAME, {"entries": [
+        {"path": rel, "type": "mode", "existed": True, "mode": 0o4640, "uid": 0,
+         "gid": 1234}]})
+    st = os.lstat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, 1234)  # no setuid
+    # an entry without a mode changes only the group
+    backup.restore(tmp_root, NAME, {"entries": [
+        {"path": rel, "type": "mode", "existed": True, "uid": 0, "gid": 99}]})
+    st = os.lstat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, 99)
+
+
+def test_a_directory_without_a_recorded_mode_is_made_private(tmp_root):
+    backup.restore(tmp_root, NAME, {"entries": [
+        {"path": "var/lib/redflag-agent/sub", "type": "dir", "existed": True}]})
+    assert _mode(tmp_root.state_dir / "sub") == 0o700
+
+
+def test_a_large_legacy_file_is_backed_up_and_restored(tmp_root):
+    make_legacy(tmp_root)
+    big = tmp_root.legacy_state_dir / "big.db"
+    big.write_bytes(os.urandom(2 * 1024 * 1024))  # above the 1 MiB limit of small files
+    before = contents(tmp_root.root)
+    moves = legacy_moves(tmp_root, tuple(sorted(os.listdir(tmp_root.legacy_config_dir))),
+                         tuple(sorted(os.listdir(tmp_root.legacy_state_dir))), None)
+    manifest = backup.create_backup(tmp_root, NAME, backup.collect_entries(tmp_root, moves))
+    big.write_bytes(b"changed")
+    backup.restore(tmp_root, NAME, backup.load_manifest(tmp_root, NAME))
+    # (the state directory holds the backup: made by it)
+    assert {k: v for k, v in contents(tmp_root.root).items()
+            if k != "var/lib/redflag-agent"} == before
+    # a restore of a host with the big file intact leaves it alone
+    ino = os.lstat(big).st_ino
+    backup.restore(tmp_root, NAME, manifest)
+    assert os.lstat(big).st_ino == ino
+
+
+@pytest.mark.parametrize("what", ["make_dirs", "write_bytes", "set_attrs"])
+def test_a_restore_step_that_fails_is_named_and_the_rest_goes_on(tmp_root, monkeypatch, what):
+    tmp_root.config_dir.mkdir(parents=True)
+    base = tmp_root.backups_dir / NAME
+    (base / "files" / "etc" / "redflag-agent").mkdir(parents=True)
+    (base / "files" / "etc" / "redflag-agent" / "a.json").write_text("A")
+    target = tmp_root.state_dir / "gone"
+    entries = [
+        {"path": "var/lib/redflag-agent/gone", "type": "dir", "existed": True, "mode": 0o750},
+        {"path": "etc/redflag-agent/a.json", "type": "file", "existed": True, "mode": 0o600,
+         "stored": "files/etc/redflag-agent/a.json", "sha256": backup._sha256(b"A")}]
+    real = getattr(backup.safefs, what)
+    victim = target if what != "write_bytes" else tmp_root.config_dir / "a.json"
+
+    def failing(path, *a, **k):
+        if os.fspath(path) == os.fspath(victim):
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(backup.safefs, what, failing)
+    with pytest.raises(backup.RestoreError) as err:
+        backup.restore(tmp_root, NAME, {"entries": entries})
+    problem = f"{victim}: No space left on device"
+    if what == "write_bytes":
+        problem += f"; {victim}: not identical to the backup after restore"
+    assert str(err.value) == (f"restore from {base} incomplete: {problem}. The originals are "
+                              f"in {base}/files; copy them back by hand")
+    if what != "write_bytes":
+        assert (tmp_root.config_dir / "a.json").read_text() == "A"
+
+
+def test_a_planted_object_met_by_a_restore_is_named(tmp_root, tmp_path):
+    tmp_root.config_dir.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_root.config_dir / "sub")
+    base = tmp_root.backups_dir / NAME
+    with pytest.raises(backup.RestoreError) as err:
+        backup.restore(tmp_root, NAME, {"entries": [
+            {"path": "etc/redflag-agent/sub/x", "type": "symlink", "existed": True,
+             "target": "y"}]})
+    assert str(err.value).startswith(f"restore from {base} incomplete: "
+                                     f"{tmp_root.config_dir / 'sub'}: found a symbolic link where "
+                                     "a directory belongs; ")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_new_backup_name_skips_whole_and_partial_ones(tmp_root):
+    from datetime import datetime, timezone
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    tmp_root.backups_dir.mkdir(parents=True)
+    assert backup.new_backup_name(tmp_root, now) == NAME
+    (tmp_root.backups_dir / NAME).mkdir()
+    assert backup.new_backup_name(tmp_root, now) == f"{NAME}-2"
+    (tmp_root.backups_dir / f".{NAME}-2.partial").mkdir()
+    (tmp_root.backups_dir / f"{NAME}-3").mkdir()
+    assert backup.new_backup_name(tmp_root, now) == f"{NAME}-4"
+
+
+def test_a_backup_name_is_utc_whatever_the_local_zone(tmp_root, monkeypatch):
+    import time
+    from datetime import datetime, timezone
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        tmp_root.backups_dir.mkdir(parents=True)
+        name = backup.new_backup_name(tmp_root)
+        now = datetime.now(timezone.utc)
+        assert abs((now - datetime.strptime(name, "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=timezone.utc)).total_seconds()) < 60
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_prune_without_a_usable_backups_directory_removes_nothing(tmp_root, tmp_path):
+    assert backup.prune(tmp_root, 1, set()) == []  # missing
+    tmp_root.state_dir.mkdir(parents=True)
+    os.symlink(tmp_path, tmp_root.backups_dir)  # planted: never followed
+    (tmp_path / f".{NAME}.partial").mkdir()
+    assert backup.prune(tmp_root, 1, set()) == []
+    assert (tmp_path / f".{NAME}.partial").is_dir()
+
+
+# --- what the takeover's backup records: planted objects refused, missing parents recorded
+
+def _takeover_entries(paths, moves=()):
+    return backup.collect_entries(paths, list(moves), takeover=True)
+
+
+def test_a_takeover_records_missing_upstream_parents_as_directories(tmp_root):
+    from .migration_fixtures import make_v0119
+    make_v0119(tmp_root)
+    by_path = {e["path"]: e for e in _takeover_entries(tmp_root)}
+    lib = os.path.relpath(tmp_root.upstream_lib_dir, tmp_root.root)
+    agent_id = os.path.relpath(tmp_root.v02_agent_id_file, tmp_root.root)
+    assert by_path[lib] == {"path": lib, "type": "dir", "existed": False}
+    assert by_path[agent_id] == {"path": agent_id, "type": "file", "existed": False}
+
+
+@pytest.mark.parametrize("where, make", [
+    ("upstream_etc_dir", "file"), ("v0119_config_file", "dir"), ("v02_agent_id_file", "dir"),
+    ("v02_state_dir", "file"), ("v02_backups_dir", "file"), ("v02_config_file", "dir")])
+def test_a_takeover_refuses_the_wrong_kind_of_object(tmp_root, where, make):
+    from redflag_agent import safefs
+
+    from .migration_fixtures import make_v02
+    make_v02(tmp_root)
+    p = getattr(tmp_root, where)
+    if p.is_dir():
+        import shutil
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if make == "file":
+        p.write_text("planted")
+    else:
+        p.mkdir()
+    with pytest.raises(safefs.UnsafePath) as err:
+        _takeover_entries(tmp_root)
+    assert err.value.path == str(p)
+
+
+def test_a_takeover_refuses_a_symlink_where_a_moved_file_is(tmp_root, tmp_path):
+    from redflag_agent import safefs
+
+    from .migration_fixtures import make_v02
+    make_v02(tmp_root)
+    src = tmp_root.v02_state_dir / "pending_acks.json"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    if src.exists():
+        src.unlink()
+    os.symlink(tmp_path, src)
+    # left alone (and recorded) when nothing moves it; refused when the takeover moves it
+    entries = {e["path"]: e for e in _takeover_entries(tmp_root)}
+    assert entries[os.path.relpath(src, tmp_root.root)]["type"] == "symlink"
+    with pytest.raises(safefs.UnsafePath):
+        _takeover_entries(tmp_root, [(src, tmp_root.state_dir / "pending_acks.json")])
+
+
+@pytest.mark.parametrize("where, make", [
+    ("config_dir", "file"), ("state_dir", "file"), ("backups_dir", "file"),
+    ("config_file", "dir"), ("migration_state_file", "dir"), ("status_file", "dir"),
+    ("legacy_config_dir", "file")])
+def test_collecting_refuses_the_wrong_kind_of_object_in_our_directories(tmp_root, where, make):
+    from redflag_agent import safefs
+    make_legacy(tmp_root)
+    p = getattr(tmp_root, where)
+    if p.is_dir():
+        import shutil
+        shutil.rmtree(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if make == "file":
+        p.write_text("planted")
+    else:
+        p.mkdir()
+    with pytest.raises(safefs.UnsafePath) as err:
+        backup.collect_entries(tmp_root, [])
+    assert err.value.path == str(p)
+
+
+def test_collecting_refuses_a_directory_where_a_moved_file_goes(tmp_root):
+    from redflag_agent import safefs
+    make_legacy(tmp_root)
+    dst = tmp_root.state_dir / "agent.key"
+    dst.mkdir(parents=True)
+    with pytest.raises(safefs.UnsafePath) as err:
+        backup.collect_entries(tmp_root, [(tmp_root.legacy_state_dir / "agent.key", dst)])
+    assert err.value.path == str(dst)
