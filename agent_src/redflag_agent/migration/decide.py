@@ -178,4 +178,3 @@ def blocked_identity(raw: list[tuple[str, Any]]) -> Optional[str]:
                 isinstance(obj.get(k), str) and obj[k] for k in ("refresh_token", "token")):
             return where
     return None
-
