@@ -18,6 +18,8 @@ from redflag_agent.client import Client
 from redflag_agent.signals import Terminated, Terminator
 from redflag_agent.status import StatusFile, read_state
 
+from .sleep_recorder import SleepRecorder
+
 LOG = logging.getLogger("redflag.test.mut")
 AID = "4b3f0c1e-0000-4000-8000-000000000001"
 CMDS = f"/api/v1/agents/{AID}/commands"
@@ -181,18 +183,6 @@ def test_valid_commands_messages_and_params():
 
 
 # --- the loop sleeps ---------------------------------------------------------------------
-class SleepRecorder(Terminator):
-    """Records every sleep; stops the loop after `stop_after` sleeps."""
-
-    def __init__(self, stop_after: int) -> None:
-        super().__init__()
-        self.slept: list[float] = []
-        self.stop_after = stop_after
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        if len(self.slept) >= self.stop_after:
-            raise Terminated("test")
 
 
 class BoundedRand:

@@ -16,7 +16,9 @@ from redflag_agent import backoff
 from redflag_agent import registration as r
 from redflag_agent.paths import Paths
 from redflag_agent.runner import EX_CONFIG, EX_OK, Runner, backoff_settings, make_client
-from redflag_agent.signals import Terminated, Terminator
+from redflag_agent.signals import Terminator
+
+from .sleep_recorder import SleepRecorder
 
 LOG = logging.getLogger("redflag.test.mutrun")
 AID = "4b3f0c1e-0000-4000-8000-000000000001"
@@ -26,17 +28,6 @@ OK = (200, {"agent_id": AID, "token": "JWT-A", "refresh_token": "REFRESH-A"})
 SLOW = {"REDFLAG_BACKOFF_BASE": "2", "REDFLAG_BACKOFF_CAP": "60"}
 
 
-class SleepRecorder(Terminator):
-    def __init__(self, stop_after: int) -> None:
-        super().__init__()
-        self.slept: list[float] = []
-        self.stop_after = stop_after
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        if len(self.slept) >= self.stop_after:
-            self.signal_name = "SIGTERM"
-            raise Terminated("SIGTERM")
 
 
 def write_cfg(paths, cfg):
