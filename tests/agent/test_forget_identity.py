@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.agent.test_cli import assert_no_secrets, cli, snapshot, write_config
+from .test_cli import assert_no_secrets, cli, snapshot, write_config
 
 from redflag_agent import cli as agent_cli
 from redflag_agent import config as c
