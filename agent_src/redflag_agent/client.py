@@ -2,9 +2,9 @@
 
 No environment proxies (only the config's proxy, its no_proxy and credentials), no redirects
 (a Bearer token must not follow one), and no token or proxy password ever appears in an
-exception message. A server is not trusted: answers are
-bounded (size, nesting, an overall deadline per request) and checked before anything is
-stored, and its text is escaped before it can reach a log line.
+exception message. A server is not trusted: answers are bounded (size, nesting, an overall
+deadline per request, name resolution included) and checked before anything is stored, and
+its text is escaped before it can reach a log line.
 """
 
 from __future__ import annotations
