@@ -1,15 +1,18 @@
 """HTTP to the aggregator (CONTRACT section 4) with urllib; failures become typed exceptions.
 
-No environment proxies (only the config's proxy), no redirects (a Bearer token must not follow
-one), and no token ever appears in an exception message. A server is not trusted: answers are
-bounded (size, nesting, an overall deadline per request) and checked before anything is
-stored, and its text is escaped before it can reach a log line.
+No environment proxies (only the config's proxy, its no_proxy and credentials), no redirects
+(a Bearer token must not follow one), and no token or proxy password ever appears in an
+exception message. A server is not trusted: answers are bounded (size, nesting, an overall
+deadline per request, name resolution included) and checked before anything is stored, and
+its text is escaped before it can reach a log line.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import ipaddress
 import json
 import math
 import re
@@ -20,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, NamedTuple, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .logs import clean
 from .version import AGENT_VERSION
@@ -340,6 +343,80 @@ class _Deadline:
             self._socks.clear()
 
 
+class _ResolveTimeout(OSError):
+    """getaddrinfo did not answer within what was left of the request's deadline."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"name resolution of {clean(host, 100)} did not finish in time")
+        self.host = host
+
+
+class _Lookup:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: list[Any] = []
+        self.error: Optional[BaseException] = None
+
+
+# lookups still running, by (host, port): a request that finds one waits for it instead of
+# starting another, so a dead resolver holds at most one thread per name, not one per retry
+_LOOKUPS: dict[tuple[str, int], _Lookup] = {}
+_LOOKUPS_LOCK = threading.Lock()
+
+
+def _lookup(key: tuple[str, int], lookup: _Lookup) -> None:
+    try:
+        lookup.result = socket.getaddrinfo(key[0], key[1], 0, socket.SOCK_STREAM)
+    except Exception as exc:  # gaierror, or UnicodeError for a name IDNA cannot encode
+        lookup.error = exc
+    finally:
+        with _LOOKUPS_LOCK:
+            if _LOOKUPS.get(key) is lookup:
+                del _LOOKUPS[key]
+        lookup.done.set()
+
+
+def resolve(host: str, port: int, wait: float) -> list[Any]:
+    """getaddrinfo bounded by `wait` seconds, which no socket timeout bounds: it runs in a
+    daemon thread (it cannot be cancelled; one is left behind per name until the resolver
+    gives up). _ResolveTimeout when it does not answer in time."""
+    key = (host, port)
+    with _LOOKUPS_LOCK:
+        lookup = _LOOKUPS.get(key)
+        if lookup is None:
+            lookup = _LOOKUPS[key] = _Lookup()
+            threading.Thread(target=_lookup, args=(key, lookup), daemon=True,
+                             name="redflag-resolve").start()
+    if not lookup.done.wait(max(0.0, wait)):
+        raise _ResolveTimeout(host)
+    if lookup.error is not None:
+        raise lookup.error
+    return lookup.result
+
+
+def _connect(deadline: _Deadline, address: tuple[str, int], timeout: Any,
+             source_address: Any) -> socket.socket:
+    """socket.create_connection with the name resolution inside the deadline as well."""
+    host, port = address
+    infos = resolve(host, port, deadline.left())
+    error: Optional[OSError] = None
+    for family, kind, proto, _name, addr in infos:
+        left = deadline.left()
+        if left <= 0:
+            raise socket.timeout("deadline")
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(min(timeout, left) if isinstance(timeout, (int, float)) else left)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            error = exc
+            sock.close()
+    raise error or OSError(f"no address found for {clean(host, 100)}")
+
+
 class _WatchedConnection:
     """Mixin: the connection's socket is handed to the request's deadline once created."""
 
@@ -351,9 +428,7 @@ class _WatchedConnection:
     def _create_watched(self, address: Any, timeout: Any = None,
                         source_address: Any = None) -> socket.socket:
         deadline = self._redflag_deadline
-        if isinstance(timeout, (int, float)):
-            timeout = max(0.001, min(timeout, deadline.left()))
-        sock = socket.create_connection(address, timeout, source_address)
+        sock = _connect(deadline, address, timeout, source_address)
         deadline.watch(sock)
         return sock
 
@@ -406,6 +481,142 @@ def _declared_length(headers: Any) -> Optional[int]:
         return None
 
 
+_TUNNEL_407 = re.compile(r"Tunnel connection failed: 407\b")  # http.client's words, CONNECT
+
+# --- proxy: the config's only. urllib's own ProxyHandler also asks the environment's
+# no_proxy (proxy_bypass); this one reads proxy.no_proxy and nothing else. ------------------
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PROXY_URL_HINT = ("expected http://proxy.example:3128; credentials go in proxy.username and "
+                   "proxy.password, or in the URL as http://user:password@proxy.example:3128")
+
+
+class ProxyRoute(NamedTuple):
+    hostport: str  # the proxy as host:port, credentials stripped: safe in a message
+    auth: Optional[str]  # the Proxy-Authorization value (HTTP Basic), or None
+
+
+def _port_of(text: str) -> int:
+    return int(text) if text.isascii() and text.isdigit() else -1  # -1: matches no port
+
+
+def _split_port(entry: str) -> tuple[str, Optional[int]]:
+    """A no_proxy entry -> (host, port or None): 'h', 'h:80', '::1', '[::1]', '[::1]:80'."""
+    if entry.startswith("["):
+        inside, _, rest = entry[1:].partition("]")
+        return inside, _port_of(rest[1:]) if rest.startswith(":") else None
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        return name, _port_of(port)
+    return entry, None
+
+
+def bypasses_proxy(host: str, port: int, no_proxy: Any) -> bool:
+    """Pure: whether no_proxy (entries separated by commas or blanks) sends host:port direct,
+    read as curl and urllib's proxy_bypass do: `*` matches every host; a name matches itself
+    and every name under it (a leading `.` or `*.` changes nothing), case-insensitively; an IP
+    address or CIDR network matches IP literals only (nothing is resolved); `entry:port`
+    matches that port only."""
+    if not isinstance(no_proxy, str):
+        return False
+    host = host.lower().rstrip(".")
+    try:
+        addr: Any = ipaddress.ip_address(host)
+    except ValueError:
+        addr = None
+    for entry in re.split(r"[,\s]+", no_proxy):
+        if entry == "*":
+            return True
+        name, want_port = _split_port(entry)
+        if not name or (want_port is not None and want_port != port):
+            continue
+        try:
+            net: Any = ipaddress.ip_network(name, strict=False)
+        except ValueError:
+            net = None
+        if net is not None:
+            if addr is not None and addr in net:
+                return True
+            continue
+        name = name.lower().lstrip("*").lstrip(".").rstrip(".")
+        if addr is None and name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _proxy_target(url: str, field: str) -> tuple[str, str, str]:
+    """A proxy URL -> (host:port, user, password). ValueError naming the field and never
+    quoting the URL, which may hold a password."""
+    scheme = url.partition("://")[0].lower() if "://" in url else "http"
+    if scheme not in _DEFAULT_PORTS:
+        # https:// is spoken to as plain HTTP as well (CONNECT for an https server), as
+        # urllib always did; a SOCKS proxy cannot be spoken to at all
+        raise ValueError(f"{field}: proxy scheme {clean(scheme, 20)}:// is not "
+                         f"supported; {_PROXY_URL_HINT}")
+    try:  # urlsplit and .port raise ValueError, quoting the URL: never shown
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host:
+        raise ValueError(f"{field} is not a proxy URL with a host and a numeric port; "
+                         f"{_PROXY_URL_HINT}")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}", unquote(parts.username or ""), unquote(parts.password or "")
+
+
+def _proxy_auth(proxy: dict[str, Any], url_user: str, url_password: str) -> Optional[str]:
+    """The Proxy-Authorization value. proxy.username/password, when either is set, win over
+    credentials in the URL: they are the fields the role keeps in a vault and masks. An
+    empty user name or password is sent as such (as curl -U and Go do)."""
+    user, password = _text(proxy.get("username")), _text(proxy.get("password"))
+    where = "proxy.username"
+    if not (user or password):
+        user, password, where = url_user, url_password, "the proxy URL's user name"
+    if not (user or password):
+        return None
+    if ":" in user:
+        raise ValueError(f"{where} holds a ':', which HTTP Basic proxy authentication "
+                         "cannot carry; fix the user name")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def proxy_route(proxy: Optional[dict[str, Any]], server_url: str) -> Optional[ProxyRoute]:
+    """Pure: None to reach server_url directly, else the proxy and its credentials.
+    ValueError naming the field (never its value) when the setting cannot be used."""
+    if not isinstance(proxy, dict) or not proxy.get("enabled"):
+        return None
+    parts = urlsplit(server_url)
+    url = _text(proxy.get(parts.scheme)).strip()
+    if not url:
+        return None
+    port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    if bypasses_proxy(parts.hostname or "", port, proxy.get("no_proxy")):
+        return None
+    hostport, url_user, url_password = _proxy_target(url, f"proxy.{parts.scheme}")
+    return ProxyRoute(hostport, _proxy_auth(proxy, url_user, url_password))
+
+
+class _ConfigProxy(urllib.request.ProxyHandler):
+    """Sends every request through route; Proxy-Authorization is moved to the CONNECT of
+    an https tunnel by urllib's do_open (never sent on to the server)."""
+
+    def __init__(self, scheme: str, route: ProxyRoute) -> None:
+        super().__init__({scheme: route.hostport})  # registers <scheme>_open -> proxy_open
+        self._route = route
+
+    def proxy_open(self, req: Any, proxy: str, type: str) -> None:  # noqa: A002 - urllib's name
+        if self._route.auth:
+            req.add_header("Proxy-authorization", self._route.auth)
+        req.set_proxy(self._route.hostport, "http")
+        # the http/https handler opens it: plain to the proxy, or a tunnel
+
+
 class Client:
     def __init__(self, server_url: str, timeout: float = 30.0,
                  proxy: Optional[dict[str, Any]] = None,
@@ -417,12 +628,20 @@ class Client:
                              "(expected e.g. https://redflag.example:8080)")
         if not (isinstance(timeout, (int, float)) and 0 < timeout <= threading.TIMEOUT_MAX):
             raise ValueError(f"network.timeout {timeout!r} is not a positive number of seconds")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number
+        except ValueError:
+            raise ValueError(f"server_url {server_url!r} has no valid port (expected e.g. "
+                             "https://redflag.example:8080)") from None
         self.base = server_url.strip().rstrip("/")
         self.timeout = float(timeout)
+        self.proxy = proxy_route(proxy, self.base)
         # sent as X-Machine-ID on every request (CONTRACT 4b); servers before 0.1.22 ignore it
         self.machine_id = machine_id
         self._deadline: Optional[_Deadline] = None
-        handlers: list[Any] = [_NoRedirect(), self._proxy_handler(proxy),
+        direct = urllib.request.ProxyHandler({})  # {}: not the environment's proxies
+        handlers: list[Any] = [_NoRedirect(),
+                               _ConfigProxy(parts.scheme, self.proxy) if self.proxy else direct,
                                _HTTPHandler(self._current_deadline)]
         if parts.scheme == "https":
             handlers.append(_HTTPSHandler(self._current_deadline,
@@ -432,13 +651,6 @@ class Client:
     def _current_deadline(self) -> _Deadline:
         assert self._deadline is not None  # noqa: S101 - set by _request around every open
         return self._deadline
-
-    @staticmethod
-    def _proxy_handler(proxy: Optional[dict[str, Any]]) -> urllib.request.ProxyHandler:
-        if not proxy or not proxy.get("enabled"):
-            return urllib.request.ProxyHandler({})
-        table = {k: proxy[k] for k in ("http", "https") if proxy.get(k)}
-        return urllib.request.ProxyHandler(table)
 
     @staticmethod
     def _ssl_context(tls: dict[str, Any]) -> ssl.SSLContext:
@@ -469,6 +681,12 @@ class Client:
             if deadline.expired:  # a shut-down socket can look like a short, complete body
                 raise socket.timeout("deadline")
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, _ResolveTimeout):
+                raise Unreachable(f"cannot reach {self.base}: looking up the address of "
+                                  f"{clean(reason.host, 100)} took longer than "
+                                  f"{self.timeout:g} s (network.timeout); check the DNS "
+                                  "servers in /etc/resolv.conf") from None
             # also when a socket timeout beat the timer to it: the request's time is up
             if deadline.expired or deadline.left() <= 0:
                 raise Unreachable(f"no complete answer from {self.base} within "
@@ -476,14 +694,26 @@ class Client:
             if isinstance(exc, (http.client.HTTPException, ValueError)):
                 # a broken status line, headers or chunking: its text is the server's
                 raise InvalidAnswer(0, f"malformed HTTP answer ({type(exc).__name__})") from None
-            reason = getattr(exc, "reason", exc)
-            raise Unreachable(f"cannot reach {self.base}: {clean(str(reason))}") from None
+            text = str(reason)
+            if _TUNNEL_407.match(text):
+                raise self._proxy_refused() from None
+            via = f" through the proxy {self.proxy.hostport}" if self.proxy else ""
+            raise Unreachable(f"cannot reach {self.base}{via}: {clean(text)}") from None
         finally:
             self._deadline = None
             deadline.close()
+        if failed and status == 407 and self.proxy:
+            raise self._proxy_refused()
         if failed:
             self._raise_for(status, raw, retry_after)
         return parse_answer(raw, status)
+
+    def _proxy_refused(self) -> Unreachable:
+        # retryable like any unreachable server: the proxy's user directory may be down
+        hostport = self.proxy.hostport if self.proxy else "?"
+        return Unreachable(f"cannot reach {self.base}: the proxy {hostport} refused the "
+                           "request (407 Proxy Authentication Required); set proxy.username "
+                           "and proxy.password to credentials it accepts")
 
     def _exchange(self, req: urllib.request.Request) -> tuple[int, bytes, Optional[str], bool]:
         """(status, body, Retry-After, is an error status); bodies read within their cap."""

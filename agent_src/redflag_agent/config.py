@@ -34,6 +34,11 @@ AGENT_OWNED_KEYS = ("version", "agent_id", "token", "refresh_token", "registrati
 # what forget_identity drops: the identity, the token and the machine it was bound to
 FORGET_KEYS = (*IDENTITY_KEYS, "registration_token", "machine_id", ENROLLED_TOKEN_KEY)
 REDACTED = "********"
+# proxy URLs may carry a password (http://user:password@proxy:3128): redacted() masks it
+PROXY_URL_KEYS = ("http", "https")
+# sub-keys a settings object sets as one group: one left out of it goes back to its default
+# (""), so proxy credentials dropped from the inventory leave config.json as well
+REPLACED_TOGETHER: dict[str, tuple[str, ...]] = {"proxy": ("username", "password")}
 DEFAULT_CHECK_IN_INTERVAL = 300
 
 SUB_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -133,8 +138,10 @@ _SUB_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
     },
     "proxy": {
         "enabled": (lambda v: isinstance(v, bool), "true or false"),
-        **{k: (_is_str_or_null, _STR_OR_NULL)
-           for k in ("http", "https", "no_proxy", "username", "password")},
+        **{k: (_is_str_or_null, _STR_OR_NULL) for k in ("http", "https", "no_proxy", "password")},
+        # sent as HTTP Basic user:password, which cannot carry a ':' in the user name
+        "username": (lambda v: v is None or (isinstance(v, str) and ":" not in v),
+                     "a string without ':' (HTTP Basic cannot carry one) or null"),
     },
     "tls": {
         "insecure_skip_verify": (lambda v: isinstance(v, bool), "true or false"),
@@ -470,7 +477,23 @@ def redacted(cfg: Any) -> Any:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(parts[-1]):
             node[parts[-1]] = REDACTED
+    proxy = out.get("proxy")
+    for key in PROXY_URL_KEYS:
+        if isinstance(proxy, dict) and isinstance(proxy.get(key), str):
+            proxy[key] = _mask_url_password(proxy[key])
     return out
+
+
+def _mask_url_password(url: str) -> str:
+    """Pure: [scheme://]user:password@rest with the password masked up to the last "@" (a
+    malformed URL's password may hold "/", "#" or "@": masking more is safe, less is not)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or any(ch in scheme for ch in ":/@"):
+        scheme, sep, rest = "", "", url
+    user, colon, after = rest.partition(":")
+    if not colon or "@" not in after or any(ch in user for ch in "/?#@"):
+        return url
+    return f"{scheme}{sep}{user}:{REDACTED}@{after.rpartition('@')[2]}"
 
 
 def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
@@ -500,7 +523,10 @@ def merge_desired(current: Optional[dict[str, Any]], settings: dict[str, Any],
         "version": CONFIG_SCHEMA_VERSION}
     for key, value in settings.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **copy.deepcopy(value)}
+            # a group's keys go back to their defaults in place (the file's order kept)
+            group, defaults = REPLACED_TOGETHER.get(key, ()), SUB_DEFAULTS.get(key, {})
+            kept = {k: defaults.get(k) if k in group else v for k, v in base[key].items()}
+            base[key] = {**kept, **copy.deepcopy(value)}
         else:
             base[key] = copy.deepcopy(value)
     if reregister:
