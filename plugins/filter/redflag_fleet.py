@@ -56,7 +56,8 @@ def next_step(host: str, status: str, reason: str = "", failed_task: str = "") -
             f"above, then {rerun}"
         )
     if reason.startswith(INVALID_VARS):
-        names = ", ".join(dict.fromkeys(_ROLE_VAR.findall(reason))) or "the variables named"
+        names = ", ".join(dict.fromkeys(_ROLE_VAR.findall(reason)))
+        names = names or "the variables the reason names"
         return (
             f"correct {names} for {host} (host_vars, group_vars or -e; `ansible-doc -t role "
             f"redflag.agent.redflag_agent` gives each type), then {rerun}"
