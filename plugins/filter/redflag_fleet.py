@@ -29,6 +29,11 @@ GENERIC_MSGS = ("non-zero return code", "unknown error", "module failure", "fail
 _STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\s+")
 ERROR_CELL_MAX = 120
 RERUN = "re-run the playbook with -l {host}"
+# A reason that already says what to do (the service module's) carries it after this.
+_OWN_NEXT = re.compile(r"(?:^|;\s*)next:\s*")
+# The rescue's reason for a variable that fails meta/argument_specs.yml.
+INVALID_VARS = "the role's variables do not match its argument spec (meta/argument_specs.yml)"
+_ROLE_VAR = re.compile(r"\bredflag_agent_\w+")
 
 
 def next_step(host: str, status: str, reason: str = "", failed_task: str = "") -> str:
@@ -50,12 +55,37 @@ def next_step(host: str, status: str, reason: str = "", failed_task: str = "") -
             f"check that {host} is reachable (ansible {host} -m ping) and read its failed task "
             f"above, then {rerun}"
         )
+    if reason.startswith(INVALID_VARS):
+        names = ", ".join(dict.fromkeys(_ROLE_VAR.findall(reason)))
+        names = names or "the variables the reason names"
+        return (
+            f"correct {names} for {host} (host_vars, group_vars or -e; `ansible-doc -t role "
+            f"redflag.agent.redflag_agent` gives each type), then {rerun}"
+        )
     if failed_task:
         return f"fix what the task '{failed_task}' reported on {host}, then {rerun}"
     return (
         f"read `journalctl -u redflag-agent` and `redflag-agent status` on {host} (or run "
         f"playbooks/status.yml -l {host}), fix the cause named there, then {rerun}"
     )
+
+
+def split_next(reason: Any) -> tuple[str, str]:
+    """A reason and the advice it carries itself (after its first `; next:`), else ''."""
+    text = str(reason or "")
+    found = _OWN_NEXT.search(text)
+    if not found:
+        return text.strip(), ""
+    return text[: found.start()].strip(), text[found.end():].strip()
+
+
+def outcome_line(host: str, status: str, reason: Any, step: str = "") -> str:
+    """`HOST: STATE: reason; next: advice`, the advice once: a reason that carries its own
+    `next:` keeps it, else `step`, else the generic next step for the state."""
+    what, own = split_next(reason)
+    what = what.rstrip(". ") or "no reason recorded"
+    advice = own or str(step or "").strip() or next_step(host, status, what)
+    return f"{host}: {status}: {what}; next: {advice}"
 
 
 def _tail(text: Any) -> str:
@@ -78,7 +108,11 @@ def redflag_failure_outcome(
     outcome = outcome if isinstance(outcome, Mapping) else {}
     if outcome.get("status") in ("rejected", "failed"):
         status, reason = str(outcome["status"]), str(outcome.get("reason") or "no reason given")
-        return {**outcome, "next": next_step(host, status, reason)}
+        return _failure(host, status, reason, kept=outcome)
+    errors = result.get("argument_errors")
+    if isinstance(errors, list) and errors:  # validate_argument_spec: each error names its variable
+        reason = f"{INVALID_VARS}: " + "; ".join(" ".join(str(e).split()) for e in errors)
+        return _failure(host, "failed", reason)
     msg = " ".join(str(result.get("msg") or "").split())
     bare = msg.lower().rstrip(".")
     for prefix in ("task failed: ", "action failed: "):
@@ -95,10 +129,22 @@ def redflag_failure_outcome(
         if result.get("rc") not in (None, 0):
             detail = f"exit {result['rc']}" + (f": {detail}" if detail else "")
     reason = f"{task}: {msg or 'failed'}" + (f" ({detail})" if detail else "")
+    return _failure(host, "failed", reason, failed_task=task)
+
+
+def _failure(
+    host: str, status: str, reason: str, failed_task: str = "", kept: Any = None
+) -> dict[str, Any]:
+    """The rescue's record: the reason as it came, the advice once (its own, else the
+    generic one) and the line the role fails the host with."""
+    what, own = split_next(reason)
+    step = own or next_step(host, status, what, failed_task=failed_task)
     return {
-        "status": "failed",
+        **(kept or {}),
+        "status": status,
         "reason": reason,
-        "next": next_step(host, "failed", reason, failed_task=task),
+        "next": step,
+        "text": outcome_line(host, status, reason, step),
     }
 
 
@@ -129,16 +175,19 @@ def redflag_unhealthy(
             continue
         if status == WAITING:
             reason = "no registration token (redflag_rollout_allow_waiting is false)"
-        step = (isinstance(outcome, Mapping) and outcome.get("next")) or next_step(
-            host, status, reason
+        what, own = split_next(reason)
+        step = str(
+            own
+            or (isinstance(outcome, Mapping) and outcome.get("next"))
+            or next_step(host, status, what)
         )
         bad.append(
             {
                 "host": host,
                 "status": status,
-                "reason": reason,
-                "next": str(step),
-                "text": f"{host}: {status}: {reason.rstrip('. ')}; next step: {step}",
+                "reason": what,
+                "next": step,
+                "text": outcome_line(host, status, reason, step),
             }
         )
     return bad

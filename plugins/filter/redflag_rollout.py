@@ -237,7 +237,7 @@ def redflag_batch_row(  # noqa: PLR0913, PLR0917 - one row has this many facts
     failed = {str(b.get("host")) for b in bad}
     results = _rollback_results(plan, hostvars)
     notes = [
-        f"{b.get('host')}: {b.get('status')}; next step: {b.get('next') or 'see the gate message'}"
+        f"{b.get('host')}: {b.get('status')}; next: {b.get('next') or 'see the gate message'}"
         for b in bad
     ]
     return {
@@ -296,7 +296,7 @@ def _summary_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         )
     elif rows:
         notes.append(
-            f"all {len(rows)} batches passed; next step: playbooks/status.yml shows each agent"
+            f"all {len(rows)} batches passed; next: playbooks/status.yml shows each agent"
         )
     return notes
 
@@ -351,7 +351,7 @@ def redflag_gate_message(
             line = (f"{r['host']} {r['from']} -> {r['to']}: {r.get('status')}{took} "
                     f"({r.get('reason')})")
             if r.get("status") != "healthy":
-                line += (f"; next step: {r['host']} runs {r.get('version') or r['from']}: fix the "
+                line += (f"; next: {r['host']} runs {r.get('version') or r['from']}: fix the "
                          f"cause named here and re-run the playbook with -l {r['host']}")
             lines.append(line)
         parts.append("Rollback to the version each ran before: " + "; ".join(lines) + ".")

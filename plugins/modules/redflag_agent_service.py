@@ -179,9 +179,11 @@ WAITING_REASON = (
 )
 # Every final reason ends with what to do next (issue 16: "Unknown error." told nothing).
 JOURNAL = "see `journalctl -u redflag-agent` and `redflag-agent status` on the host"
+# The gate keeps this advice as it is (redflag_fleet.outcome_line), so it is complete here.
 NEXT_REJECTED = (
-    "next: mint a new registration token, set redflag_agent_registration_token (vault) and "
-    "re-run, with redflag_agent_force_reregister=true if the host was registered before"
+    "next: mint a new registration token on the server, set redflag_agent_registration_token "
+    "(vault) and re-run (add -e redflag_agent_force_reregister=true when the host was "
+    "registered before, e.g. the server deleted its agent)"
 )
 STALE_NOTE = " (the agent's last run: this run did not start it)"
 

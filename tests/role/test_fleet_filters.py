@@ -32,7 +32,7 @@ def test_unhealthy(fleet_filters, batch, allow_waiting, bad_hosts):
 
 def test_unhealthy_says_why_and_what_next(fleet_filters):
     bad = fleet_filters.redflag_unhealthy(["bad", "gone"], HOSTVARS)
-    assert bad[0]["text"].startswith("bad: rejected: invalid token; next step: mint a new ")
+    assert bad[0]["text"].startswith("bad: rejected: invalid token; next: mint a new ")
     assert "re-run the playbook with -l bad" in bad[0]["next"]
     assert "no outcome recorded" in bad[1]["reason"]
     assert bad[1]["next"].startswith("check that gone is reachable (ansible gone -m ping)")

@@ -103,10 +103,10 @@ def test_the_gate_stops_a_failed_host_under_tags(tmp_path, tags):
     polls = "(polls from 0.25 s backing off to 3 s: redflag_agent_verify_retries=20 x "
     assert (polls in text) is ("-v" in tags), "the polling is said in verbose mode only"
     assert re.search(r"rollout stopped at batch 1 of 1: hosts localhost failed the health gate: "
-                     r"localhost: failed: .*systemd is PID 1.*; next step: fix what the task", text)
+                     r"localhost: failed: .*systemd is PID 1.*; next: fix what the task", text)
     # The summary under the JSON result format: one list entry per line, not one "\n" string.
     assert '"BATCH   RESULT   HOSTS      CHANGED  HEALTHY  ROLLED BACK  SECONDS",' in out
-    assert '"batch 1 of 1: localhost: failed; next step: fix what the task' in out
+    assert '"batch 1 of 1: localhost: failed; next: fix what the task' in out
 
 
 @pytest.mark.slow

@@ -170,7 +170,7 @@ def test_batch_row_counts_changed_healthy_and_rollbacks():
         "rolled_back": [{"host": "c1", "status": "healthy"}],
         "seconds": 12.3,
         "result": "STOPPED",
-        "notes": ["c1: failed; next step: fix c1"],
+        "notes": ["c1: failed; next: fix c1"],
     }
 
 
@@ -200,13 +200,13 @@ def test_summary_table():
          "result": "STOPPED"},
         *R.redflag_pending_rows([["c1"], ["c2", "c3"], ["c4"]], 1),
     ]  # fmt: skip
-    rows[0]["notes"] = ["c1: failed; next step: fix c1"]
+    rows[0]["notes"] = ["c1: failed; next: fix c1"]
     lines = [
         "BATCH   RESULT       HOSTS  CHANGED  HEALTHY  ROLLED BACK  SECONDS",
         "1 of 3  STOPPED      c1     1/1      0/1      c1(healthy)  21.0",
         "2 of 3  not started  c2,c3  -        -        -            -",
         "3 of 3  not started  c4     -        -        -            -",
-        "batch 1 of 3: c1: failed; next step: fix c1",
+        "batch 1 of 3: c1: failed; next: fix c1",
         "the rollout stops here (batch 1 of 3 failed); not started: c2, c3, c4 (untouched); "
         "fix the hosts named above and re-run the playbook",
     ]
@@ -218,7 +218,7 @@ def test_summary_table():
 def test_summary_of_a_rollout_that_passed_says_what_next():
     rows = [R.redflag_batch_row(1, 1, ["up"], HOSTVARS, [], {"rollback": [], "kept": []}, 1)]
     assert R.redflag_summary_table(rows, block=False)[-1] == (
-        "all 1 batches passed; next step: playbooks/status.yml shows each agent"
+        "all 1 batches passed; next: playbooks/status.yml shows each agent"
     )
 
 
@@ -334,7 +334,7 @@ def test_gate_message_gives_a_next_step_for_a_rollback_that_did_not_come_back():
     hostvars = {**HOSTVARS, "bad": {**HOSTVARS["bad"], "redflag_agent_rollback_result": refused}}
     plan = R.redflag_rollback_plan(["bad"], hostvars, bad_of("bad"), ["bad"])
     text = R.redflag_gate_message(1, [["bad"]], bad_of("bad"), plan, hostvars)
-    assert "bad 0.4.1 -> 0.4.0: refused (config schema 7); next step: bad runs 0.4.1: fix" in text
+    assert "bad 0.4.1 -> 0.4.0: refused (config schema 7); next: bad runs 0.4.1: fix" in text
     healthy = {**HOSTVARS["bad"], "redflag_agent_rollback_result": _rolled()}
     text = R.redflag_gate_message(1, [["bad"]], bad_of("bad"), plan, {**hostvars, "bad": healthy})
     assert "healthy, 3.2 s (registered as a-1)." in text
