@@ -112,6 +112,7 @@ HARMLESS_DIRECTIVES: dict[str, frozenset[str]] = {
         "IOSchedulingPriority", "Nice", "OOMScoreAdjust", "OOMPolicy", "LimitNOFILE",
         "LimitCORE", "CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting",
         "Slice", "TimeoutSec", "TimeoutStartSec", "TimeoutStopSec", "TimeoutAbortSec",
+        "TimeoutStartFailureMode", "TimeoutStopFailureMode",
         "LogLevelMax", "LogRateLimitIntervalSec", "LogRateLimitBurst", "SyslogIdentifier",
         "SyslogFacility", "SyslogLevel",
     }),

@@ -94,6 +94,8 @@ FAIL, WARN, IGNORE = sd.FAIL, sd.WARN, sd.IGNORE
         (dropin(LIMITS), WARN, "sets only After, CPUQuota, MemoryMax"),
         (dropin("[Install]\nWantedBy=multi-user.target\n"), WARN, "sets only WantedBy"),
         (dropin("# nothing\n"), WARN, "sets nothing"),
+        # Fedora's vendor /usr/lib/systemd/system/service.d/10-timeout-abort.conf
+        (dropin("[Service]\nTimeoutStopFailureMode=abort\n"), WARN, "sets only TimeoutStop"),
         (dropin(OVERRIDE), FAIL, "sets Environment, ExecStart, NoNewPrivileges, User"),
         (dropin("[Service]\nExecStart=\n"), FAIL, "sets ExecStart"),
         (dropin("[Service]\nProtectSystem=no\n"), FAIL, "sets ProtectSystem"),
