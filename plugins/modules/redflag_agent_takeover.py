@@ -8,6 +8,29 @@ shell for the agent user), and in 0.2.x a root helper, a polkit rule and the gro
 root-only backup and removes it from its place, and deletes the group when no one but the agent
 user is in it. The agent's own files (config, state, the loop's litter) are the agent's job.
 
+Drop-ins: they are applied to whatever unit carries the name, ours too, so the drop-ins found
+while upstream's unit is taken over are upstream's and go into the backup with it (each named
+with the directives it sets, never their values). Drop-ins found when the unit is already ours
+are the operator's: left for the service phase (redflag_agent_dropins) to judge.
+
+Upstream 0.2.x's helper (read from upstream's installers; it runs as a transient unit through
+`systemd-run`, so it has no unit, socket or tmpfiles entry of its own) leaves: the binary, the
+sudoers line and polkit rule (moved as above), the group (above), root-owned state directories
+(/var/lib/redflag/helper: replay records and staged upgrades; /var/lib/redflag/journal on
+standalone hosts; /etc/redflag/trusted-keys: the keys it trusts; /etc/redflag/backups: the
+installer's config copies, tokens included), moved whole into the backup with rename(2) (left,
+and reported, when on another filesystem); and files (the standalone host's sudoers file
+redflag-agent-mint and authority key, /var/lib/redflag/agent_id, the optional desktop binary
+and its autostart entry), moved like the binaries. Left on purpose: /etc/redflag/agent_id and
+/etc/redflag/server/ (the agent's migration reads the agent_id as identity and keeps both in its
+own backup), and upstream's logs.
+
+Kept copies are never a way up: a copy is a new file created 0600 and then given the original's
+mode without setuid/setgid, and with no extended attributes (so no file capabilities, which
+0.2.x's installer sets on its agent binary: cap_sys_ptrace); and before the original is
+unlinked its setuid/setgid bits and capabilities are dropped through the open descriptor, so
+another hard link to it keeps none either. The backup itself is root:root 0700.
+
 `plan()` decides from what was found (pure, table-tested in tests/role); the rest is thin I/O.
 Nothing is followed: each file is lstat'ed, opened with O_NOFOLLOW, checked to be the same
 regular file, copied, and only then unlinked. A symlink or anything else is left alone and
@@ -27,6 +50,13 @@ description:
     I(pyz)) into a new root-only directory under I(backup_root), with a C(manifest.json).
   - Deletes I(group) when it exists and has no member other than I(agent_user) and is no
     user's primary group.
+  - Moves the drop-ins of I(unit) (I(dropin_dirs)) into the backup when upstream's unit is
+    taken over; drop-ins found when the unit is already ours are left (the service phase's
+    M(redflag.agent.redflag_agent_dropins) judges them).
+  - Moves upstream's helper files (I(helper_files)) and, with rename(2), its state directories
+    (I(helper_dirs)) into the backup.
+  - Drops setuid/setgid bits and file capabilities from what it keeps and from the originals
+    before unlinking them.
   - Never follows a symlink; a symlink or a non-regular file is left alone and reported.
   - Supports check mode (reports what it would do) and diff mode (the upstream pieces).
 options:
@@ -58,6 +88,29 @@ options:
     type: list
     elements: path
     default: [/etc/polkit-1/rules.d/50-redflag-agent.rules]
+  dropin_dirs:
+    description:
+      - Drop-in directories of I(unit) whose files are upstream's when its unit is taken over.
+      - Default, the unit's own and its dash-prefix directories (C(redflag-.service.d)) under
+        /etc/systemd/system.control, /run/systemd/system.control, /etc/systemd/system,
+        /run/systemd/system, /usr/local/lib/systemd/system, /usr/lib/systemd/system and
+        /lib/systemd/system. Not C(service.d), which applies to every service on the host.
+    type: list
+    elements: path
+  helper_files:
+    description: Other upstream files to move into the backup (0.2.x helper, standalone and
+      desktop pieces).
+    type: list
+    elements: path
+    default: [/etc/sudoers.d/redflag-agent-mint, /etc/redflag/authority_local.key,
+              /var/lib/redflag/agent_id, /usr/local/bin/redflag-desktop,
+              /etc/xdg/autostart/redflag-desktop.desktop]
+  helper_dirs:
+    description: Upstream's root-owned state directories, moved whole (rename) into the backup.
+    type: list
+    elements: path
+    default: [/var/lib/redflag/helper, /var/lib/redflag/journal, /etc/redflag/trusted-keys,
+              /etc/redflag/backups]
   group:
     description: Upstream's local API group, deleted when only I(agent_user) is in it.
     type: str
@@ -124,9 +177,16 @@ left_alone:
   type: list
   elements: str
   returned: always
+dropins:
+  description: The drop-ins moved into the backup (in check mode, that would be moved).
+  type: list
+  elements: str
+  returned: always
 """
 
+import contextlib
 import datetime
+import errno
 import grp
 import json
 import os
@@ -139,7 +199,11 @@ from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_comman
     run_checked,
 )
 from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_files import fsync_dir
-from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
+    directives,
+    dropin_dirs,
+    show,
+)
 
 MAX_UNIT_BYTES = 1 << 20
 CHUNK = 1 << 20
@@ -152,15 +216,20 @@ KINDS = {
     "sudoers": "sudoers file",
     "polkit": "polkit rule",
     "unit": "unit file",
+    "dropin": "drop-in",
+    "helper": "helper file",
+    "helper_dir": "helper directory",
 }
+CAPS_XATTR = "security.capability"
 
 
 class Piece(NamedTuple):
-    kind: str  # binary | sudoers | polkit | unit
+    kind: str  # binary | sudoers | polkit | unit | dropin | helper | helper_dir
     path: str
     found: str  # file | symlink | directory | other | absent
     ident: tuple[int, int] = (0, 0)  # (st_dev, st_ino): /lib and /usr/lib may be one file
     ours: bool = False  # unit files only: its ExecStart runs our zipapp
+    detail: str = ""  # drop-ins: the directives set; files: setuid, setgid, file capabilities
 
 
 class Loaded(NamedTuple):
@@ -181,7 +250,8 @@ class Group(NamedTuple):
 class Action(NamedTuple):
     op: str  # stop | disable | move | groupdel
     target: str  # unit, path or group name
-    kind: str  # service | binary | sudoers | polkit | unit | group
+    kind: str  # service | group | one of Piece.kind
+    detail: str = ""  # Piece.detail
 
 
 class Plan(NamedTuple):
@@ -233,8 +303,17 @@ def group_decision(group: Group, agent_user: str) -> tuple[bool, str]:
     return True, ""
 
 
-def plan(pieces: list[Piece], loaded: Loaded, group: Group, agent_user: str, pyz: str) -> Plan:
-    """What to do with what was found (pure)."""
+def plan(
+    pieces: list[Piece],
+    loaded: Loaded,
+    group: Group,
+    agent_user: str,
+    pyz: str,
+    *,
+    backup_dev: Optional[int] = None,
+) -> Plan:
+    """What to do with what was found (pure). backup_dev: the backup root's filesystem (a
+    helper directory is moved with rename, which cannot cross filesystems)."""
     actions: list[Action] = []
     left: list[str] = []
     unit_files = [p for p in pieces if p.kind == "unit" and p.found == "file"]
@@ -248,18 +327,24 @@ def plan(pieces: list[Piece], loaded: Loaded, group: Group, agent_user: str, pyz
     for piece in pieces:
         if piece.found == "absent":
             continue
-        if piece.found != "file":
-            left.append(
-                f"{piece.path} left alone: a {piece.found}, not a regular file (never followed)"
-            )
+        if piece.kind == "dropin" and not upstream_unit:
+            continue  # our unit's: the service phase judges it
+        want = "directory" if piece.kind == "helper_dir" else "file"
+        if piece.found != want:
+            what = "a directory" if want == "directory" else "a regular file"
+            left.append(f"{piece.path} left alone: a {piece.found}, not {what} (never followed)")
             continue
         if piece.kind == "unit" and piece.ours:
+            continue
+        if piece.kind == "helper_dir" and backup_dev is not None and piece.ident[0] != backup_dev:
+            left.append(f"{piece.path} left alone: on another filesystem than the takeover "
+                        f"backup (moved only by rename); remove it after review")  # fmt: skip
             continue
         if piece.ident != (0, 0):
             if piece.ident in seen:
                 continue  # the same file under a second name (/lib -> /usr/lib)
             seen.add(piece.ident)
-        actions.append(Action("move", piece.path, piece.kind))
+        actions.append(Action("move", piece.path, piece.kind, piece.detail))
     delete, why = group_decision(group, agent_user)
     if delete:
         actions.append(Action("groupdel", group.name, "group"))
@@ -285,6 +370,18 @@ def _join(items: list[str]) -> str:
     return ", ".join(items)
 
 
+def _named(a: Action, why: bool = True) -> str:
+    """A moved piece as the report names it: kind, path, what it set or carried (pure)."""
+    text = f"{KINDS[a.kind]} {a.target}"
+    if a.kind == "dropin":
+        return text + f" ({a.detail or 'sets nothing'})"
+    if a.kind == "sudoers":
+        return text + (" (sudo rights this agent does not need)" if why else "")
+    if a.detail:
+        return text + f" ({a.detail} dropped on the kept copy)"
+    return text
+
+
 def change_lines(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> list[str]:
     """One line per action (pure)."""
     would = "would " if check else ""
@@ -293,7 +390,7 @@ def change_lines(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> 
         if a.op in ("stop", "disable"):
             lines.append(f"{would}{a.op} the upstream {unit}")
         elif a.op == "move":
-            lines.append(f"{would}move {KINDS[a.kind]} {a.target} to {backup_dir}")
+            lines.append(f"{would}move {_named(a, why=False)} to {backup_dir}")
         else:
             lines.append(f"{would}delete group {a.target}")
     return lines
@@ -310,15 +407,14 @@ def summary(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> str:
              if v in ops]  # fmt: skip
     if verbs:
         parts.append(f"{would}{' and '.join(verbs)} the upstream {unit}")
-    binaries = [a.target for a in p.actions if a.op == "move" and a.kind == "binary"]
+    binaries = [
+        a.target + (f" ({a.detail} dropped on the kept copy)" if a.detail else "")
+        for a in p.actions
+        if a.op == "move" and a.kind == "binary"
+    ]
     if binaries:
         parts.append(f"{would}{'move' if check else 'moved'} {_join(binaries)} to {backup_dir}")
-    files = [
-        f"{KINDS[a.kind]} {a.target}"
-        + (" (sudo rights this agent does not need)" if a.kind == "sudoers" else "")
-        for a in p.actions
-        if a.op == "move" and a.kind != "binary"
-    ]
+    files = [_named(a) for a in p.actions if a.op == "move" and a.kind != "binary"]
     removed = [f"{_join(files)} (copies in {backup_dir})"] if files else []
     removed += [f"group {a.target}" for a in p.actions if a.op == "groupdel"]
     if removed:
@@ -351,7 +447,8 @@ def manifest(
         "restore": (
             "stop this agent (systemctl disable --now " + unit + "), copy files/ back to / "
             "(cp -a files/. /), recreate the group with its gid and members if listed, then "
-            "systemctl daemon-reload and enable --now " + unit
+            "systemctl daemon-reload and enable --now " + unit + "; setuid/setgid bits and "
+            "file capabilities listed as dropped are not in the copies"
         ),
     }
 
@@ -407,17 +504,67 @@ def read_unit(path: str, ident: tuple[int, int]) -> str:
         return handle.read(MAX_UNIT_BYTES).decode("utf-8", "replace")
 
 
+def special_bits(path: str) -> str:
+    """What in a regular file found by lstat could raise privileges: setuid, setgid, file
+    capabilities ('' for none). getxattr does not follow a symlink swapped in meanwhile."""
+    st = os.lstat(path)
+    found = [name for bit, name in ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid"))
+             if st.st_mode & bit]  # fmt: skip
+    try:
+        os.getxattr(path, CAPS_XATTR, follow_symlinks=False)
+        found.append("file capabilities")
+    except OSError:
+        pass  # ENODATA (none), or a filesystem without xattrs
+    return " and ".join(found)
+
+
+def dropin_detail(text: str) -> str:
+    """The directives a drop-in sets, by name only (an Environment= value may be a token)."""
+    keys = list(dict.fromkeys(key for _section, key in directives(text)))
+    return ("sets " + ", ".join(keys)) if keys else "sets nothing"
+
+
+def find_dropins(directory: str) -> list[Piece]:
+    """Every entry of one drop-in directory (root's: /etc, /run, /usr/lib), not followed."""
+    found, ident = lstat_kind(directory)
+    if found == "absent":
+        return []
+    if found != "directory":
+        return [Piece("dropin", directory, found, ident)]  # systemd would follow it: reported
+    pieces = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        kind, ident = lstat_kind(path)
+        detail = dropin_detail(read_unit(path, ident)) if kind == "file" else ""
+        pieces.append(Piece("dropin", path, kind, ident, False, detail))
+    return pieces
+
+
 def find_pieces(params: dict[str, Any]) -> list[Piece]:
     pieces = []
     for kind, key in (("unit", "unit_paths"), ("binary", "binaries"), ("sudoers", "sudoers"),
-                      ("polkit", "polkit_rules")):  # fmt: skip
+                      ("polkit", "polkit_rules"), ("helper", "helper_files"),
+                      ("helper_dir", "helper_dirs")):  # fmt: skip
         for path in params[key]:
             found, ident = lstat_kind(path)
             ours = False
+            detail = ""
             if kind == "unit" and found == "file":
                 ours = unit_text_is_ours(read_unit(path, ident), params["pyz"])
-            pieces.append(Piece(kind, path, found, ident, ours))
+            elif found == "file":
+                detail = special_bits(path)
+            pieces.append(Piece(kind, path, found, ident, ours, detail))
+    for directory in params["dropin_dirs"]:
+        pieces += find_dropins(directory)
     return pieces
+
+
+def backup_dev(root: str) -> int:
+    """The filesystem the backup lies on: its root's, or its parent's before it exists."""
+    try:
+        return os.lstat(root).st_dev
+    except FileNotFoundError:
+        return os.lstat(os.path.dirname(root.rstrip("/")) or "/").st_dev
 
 
 def find_group(name: str) -> Group:
@@ -487,6 +634,42 @@ class Takeover:
         return {"path": path, "stored": "files" + path, "uid": st.st_uid, "gid": st.st_gid,
                 "mode": oct(stat.S_IMODE(st.st_mode)), "size": st.st_size}  # fmt: skip
 
+    def move_dir(self, backup: str, path: str, ident: tuple[int, int]) -> dict[str, Any]:
+        """rename(2) a helper directory into backup/files/<path>: nothing below it is opened,
+        so nothing is followed; the directory moved must be the one found."""
+        dest = os.path.join(backup, "files", path.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+            self.fail(f"{path} changed during the takeover; it was not moved; re-run")
+        os.rename(path, dest)
+        moved = lstat_kind(dest)[1]
+        if moved != ident:
+            self.fail(f"{path} was swapped while it was moved; what was moved is in {dest} "
+                      f"(root-only); check it and re-run")  # fmt: skip
+        self.done.append(f"{path} moved to {backup}")
+        return {"path": path, "stored": "files" + path, "type": "directory", "uid": st.st_uid,
+                "gid": st.st_gid, "mode": oct(stat.S_IMODE(st.st_mode))}  # fmt: skip
+
+    def defuse(self, path: str, ident: tuple[int, int]) -> list[str]:
+        """Drop setuid/setgid and file capabilities from the file about to be unlinked, through
+        its descriptor: a second hard link to it would otherwise keep them."""
+        fd, st = open_regular(path, ident)
+        dropped = []
+        try:
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o1777)
+                dropped.append("setuid/setgid")
+            try:
+                os.removexattr(fd, CAPS_XATTR)
+                dropped.append("file capabilities")
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                    raise
+        finally:
+            os.close(fd)
+        return dropped
+
     def unlink_same(self, path: str, ident: tuple[int, int]) -> None:
         kind, now = lstat_kind(path)
         if kind != "file" or now != ident:
@@ -507,12 +690,22 @@ class Takeover:
         os.mkdir(backup, 0o700)
         idents = {piece.path: piece.ident for piece in pieces}
         files: dict[str, dict[str, Any]] = {}
+        moves = [a for a in p.moves() if a.kind != "helper_dir"]
         # Everything is copied and the manifest written before anything is removed.
-        for a in p.moves():
+        for a in moves:
             try:
                 files[a.target] = self.copy_into(backup, a.target, idents[a.target])
             except OSError as exc:
                 self.fail(f"could not copy {a.target} into {backup}: {exc}; nothing was removed")
+            if a.detail and a.kind != "dropin":
+                files[a.target]["dropped"] = a.detail
+        for a in p.moves():
+            if a.kind == "helper_dir":
+                try:
+                    files[a.target] = self.move_dir(backup, a.target, idents[a.target])
+                except OSError as exc:
+                    self.fail(f"could not move {a.target} into {backup}: {exc}; no file was "
+                              f"removed")  # fmt: skip
         data = json.dumps(manifest(p, unit, loaded, group, files), indent=2) + "\n"
         fd = os.open(
             os.path.join(backup, "manifest.json"),
@@ -525,10 +718,15 @@ class Takeover:
             os.fsync(handle.fileno())
         fsync_dir(backup)
         unit_moved = False
-        for a in p.moves():
+        for a in moves:
+            if a.kind != "dropin":
+                self.defuse(a.target, idents[a.target])
             self.unlink_same(a.target, idents[a.target])
             self.done.append(f"{a.target} moved to {backup}")
-            unit_moved = unit_moved or a.kind == "unit"
+            unit_moved = unit_moved or a.kind in ("unit", "dropin")
+        for directory in sorted({os.path.dirname(a.target) for a in moves if a.kind == "dropin"}):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # emptied drop-in directory; one with other files stays
         for a in p.actions:
             if a.op == "groupdel":
                 run_checked(self.module, ["groupdel", a.target], changes=self.done)
@@ -562,6 +760,28 @@ def main() -> None:
                 "elements": "path",
                 "default": ["/etc/polkit-1/rules.d/50-redflag-agent.rules"],
             },
+            "dropin_dirs": {"type": "list", "elements": "path"},
+            "helper_files": {
+                "type": "list",
+                "elements": "path",
+                "default": [
+                    "/etc/sudoers.d/redflag-agent-mint",
+                    "/etc/redflag/authority_local.key",
+                    "/var/lib/redflag/agent_id",
+                    "/usr/local/bin/redflag-desktop",
+                    "/etc/xdg/autostart/redflag-desktop.desktop",
+                ],
+            },
+            "helper_dirs": {
+                "type": "list",
+                "elements": "path",
+                "default": [
+                    "/var/lib/redflag/helper",
+                    "/var/lib/redflag/journal",
+                    "/etc/redflag/trusted-keys",
+                    "/etc/redflag/backups",
+                ],
+            },
             "group": {"type": "str", "default": "redflag-local"},
             "agent_user": {"type": "str", "default": "redflag-agent"},
             "backup_root": {"type": "path", "default": "/var/lib/redflag-agent-takeover"},
@@ -573,15 +793,18 @@ def main() -> None:
 
 def takeover(module: Any) -> dict[str, Any]:
     """Find, decide, act (unless check mode); the module's result."""
-    params = module.params
+    params = dict(module.params)
+    if params["dropin_dirs"] is None:
+        params["dropin_dirs"] = dropin_dirs(params["unit"])
     work = Takeover(module)
     try:
         pieces = find_pieces(params)
     except OSError as exc:
-        module.fail_json(msg=f"could not read an upstream unit file: {exc}", changes=[])
+        module.fail_json(msg=f"could not read an upstream unit file or drop-in: {exc}", changes=[])
     loaded = work.loaded()
     group = find_group(params["group"])
-    decided = plan(pieces, loaded, group, params["agent_user"], params["pyz"])
+    decided = plan(pieces, loaded, group, params["agent_user"], params["pyz"],
+                   backup_dev=backup_dev(params["backup_root"]))  # fmt: skip
     backup = None
     if needs_backup(decided):
         root = params["backup_root"]
@@ -599,6 +822,7 @@ def takeover(module: Any) -> dict[str, Any]:
         "summary": summary(decided, params["unit"], backup, module.check_mode),
         "backup_dir": backup,
         "left_alone": list(decided.left_alone),
+        "dropins": [a.target for a in decided.moves() if a.kind == "dropin"],
     }
     if module._diff and decided.actions:
         result["diff"] = {

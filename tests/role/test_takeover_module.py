@@ -309,6 +309,9 @@ def params(tree: Path) -> dict:
         "group": "redflag-test-no-such-group",
         "agent_user": "redflag-agent",
         "backup_root": str(tree / "var/lib/redflag-agent-takeover"),
+        "dropin_dirs": [],
+        "helper_files": [],
+        "helper_dirs": [],
     }  # fmt: skip
 
 

@@ -21,10 +21,15 @@ AGENT_BIN = "/usr/local/bin/redflag-agent"
 HELPER = "/usr/local/bin/redflag-helper"
 SUDOERS = "/etc/sudoers.d/redflag-agent"
 POLKIT = "/etc/polkit-1/rules.d/50-redflag-agent.rules"
+PREFIX_DROPIN = "/etc/systemd/system/redflag-.service.d/50-limits.conf"
+DROPIN = "/etc/systemd/system/redflag-agent.service.d/override.conf"
+HELPER_STATE = "/var/lib/redflag/helper"
+TRUSTED_KEYS = "/etc/redflag/trusted-keys"
 MOVED = {
-    "seed": [UNIT_FILE, AGENT_BIN, SUDOERS],
-    "v02": [UNIT_FILE, AGENT_BIN, HELPER, SUDOERS, POLKIT],
+    "seed": [UNIT_FILE, AGENT_BIN, SUDOERS, PREFIX_DROPIN],
+    "v02": [UNIT_FILE, AGENT_BIN, HELPER, SUDOERS, POLKIT, DROPIN, HELPER_STATE, TRUSTED_KEYS],
 }
+DIRS = (HELPER_STATE, TRUSTED_KEYS)
 LAYOUT = {"seed": "0.1.19-0.1.23", "v02": "0.2"}
 # What lies in each upstream file (prepare.yml), to recognise the copies in the backup.
 MARKER = {
@@ -33,6 +38,8 @@ MARKER = {
     SUDOERS: "redflag-agent ALL=(root) NOPASSWD:",
     POLKIT: "polkit.addRule",
     UNIT_FILE: "ExecStart=/usr/local/bin/redflag-agent",
+    PREFIX_DROPIN: "MemoryMax=500M",
+    DROPIN: "NoNewPrivileges=no",
 }
 
 
@@ -126,6 +133,9 @@ def test_upstream_pieces_moved_into_one_root_only_backup(host):
         if path != UNIT_FILE:  # ours took its place
             assert not host.file(path).exists, f"{path} still in place"
         kept = host.file(f"{backup}/files{path}")
+        if path in DIRS:
+            assert kept.is_directory, f"{path} not in the backup"
+            continue
         assert kept.is_file, f"{path} not in the backup"
         assert MARKER[path] in kept.content_string, f"{backup}/files{path} is not upstream's"
     assert oct(host.file(f"{backup}/files{AGENT_BIN}").mode) == oct(0o755)
@@ -175,3 +185,34 @@ def test_check_mode_said_what_it_would_do(host):
     for path in MOVED[name]:
         assert path in text, f"{path} not named in check mode: {text}"
     assert ("would remove" in text) and (("group redflag-local" in text) is (name == "v02"))
+
+
+def test_no_dropin_left_on_our_unit_and_no_privileged_copy(host):
+    """The upstream-era drop-ins went into the backup: systemd applies none to our unit, the
+    emptied drop-in directories are gone, and the kept agent binary has no capabilities."""
+    name = rfcheck.inventory_name(host)
+    assert rfcheck.unit_props(host, "DropInPaths")["DropInPaths"] == ""
+    for path in (DROPIN, PREFIX_DROPIN):
+        assert not host.file(os.path.dirname(path)).exists, f"{os.path.dirname(path)} stays"
+    (stamp,) = _backups(host)
+    kept = f"{BACKUP_ROOT}/{stamp}/files{AGENT_BIN}"
+    xattrs = rfcheck.run_ok(host, f"python3 -c \"import os; print(os.listxattr('{kept}'))\"")
+    assert "security.capability" not in xattrs
+    manifest = json.loads(rfcheck.run_ok(host, f"cat {BACKUP_ROOT}/{stamp}/manifest.json"))
+    agent = next(f for f in manifest["files"] if f["path"] == AGENT_BIN)
+    assert agent.get("dropped") == ("file capabilities" if name == "v02" else None)
+    if name == "v02":
+        assert host.file(f"{BACKUP_ROOT}/{stamp}/files{HELPER_STATE}/consumed-tokens").is_file
+        assert not host.file("/var/lib/redflag").exists, "the emptied /var/lib/redflag stays"
+
+
+def test_the_report_names_the_dropins_never_their_values(host):
+    name = rfcheck.inventory_name(host)
+    log = _check_log()
+    assert "dropin-secret-0c1d" not in log
+    if name == "v02":
+        assert f"drop-in {DROPIN} (sets NoNewPrivileges, Environment, ProtectSystem)" in log
+        assert f"{AGENT_BIN} (file capabilities dropped on the kept copy)" in log
+        assert f"helper directory {HELPER_STATE}" in log
+    else:
+        assert f"drop-in {PREFIX_DROPIN} (sets MemoryMax)" in log
