@@ -126,6 +126,26 @@ def _copy_moves(ctx: Context, moves: list[tuple[Path, Path]], phase: str
     return copied
 
 
+def _carry_over(ctx: Context, current: Optional[dict[str, Any]],
+                merge: tuple[Optional[dict[str, Any]], list[str]], moves: list[tuple[Path, Path]],
+                *, phase: str, what: str
+                ) -> tuple[Optional[dict[str, Any]], list[tuple[Path, Path]]]:
+    """The step the directory and takeover phases share: save the merged config (TLS paths
+    pointed at the copies), copy the files over, read the identity back. Returns the merged
+    config and the pairs copied."""
+    merged, notes = merge
+    for note in notes:
+        ctx.log.warning(note)
+    if merged is not None:
+        merged = rewrite_tls_paths(merged, ctx.paths, moves)
+        if merged != current:
+            _save(ctx, phase, merged)
+    copied = _copy_moves(ctx, moves, phase)
+    if merged is not None:
+        _check_identity(ctx, merged, what)
+    return merged, copied
+
+
 def _verify_copies(copied: list[tuple[Path, Path]]) -> None:
     for src, dst in copied:
         if safefs.read_bytes(dst, safefs.MAX_FILE) != safefs.read_bytes(src, safefs.MAX_FILE):
@@ -139,20 +159,11 @@ def run_directory(ctx: Context) -> None:
     current = _read(paths.config_file)
     moves = legacy_moves(paths, _names(paths.legacy_config_dir), _names(paths.legacy_state_dir),
                          legacy)
-    merged, notes = merge_legacy(current, legacy)
-    for note in notes:
-        log.warning(note)
-    if merged is not None:
-        merged = rewrite_tls_paths(merged, paths, moves)
-        if merged != current:
-            _save(ctx, "directory", merged)
-    copied = _copy_moves(ctx, moves, "directory")
-
-    if merged is not None:
-        _check_identity(ctx, merged, "the directory migration")
-        if legacy and legacy.get("agent_id") and not (current or {}).get("agent_id") and (
-                merged.get("agent_id") != legacy["agent_id"]):
-            raise MigrationError("the migrated config lost the legacy agent_id; nothing removed")
+    merged, copied = _carry_over(ctx, current, merge_legacy(current, legacy), moves,
+                                 phase="directory", what="the directory migration")
+    if merged is not None and legacy and legacy.get("agent_id") and not (
+            current or {}).get("agent_id") and merged.get("agent_id") != legacy["agent_id"]:
+        raise MigrationError("the migrated config lost the legacy agent_id; nothing removed")
     _verify_copies(copied)
     crash_point(paths, "directory", "verified", ctx.environ)
     _remove_legacy(ctx)
@@ -212,16 +223,9 @@ def run_takeover(ctx: Context) -> None:
     current = _read(paths.config_file)
     moves = takeover_moves(paths, upstream_names(paths, kinds), configs.get(LAYOUT_0119),
                            configs.get(LAYOUT_02))
-    merged, notes = merge_upstream(current, [(lt, configs.get(lt)) for lt in reversed(layouts)])
-    for note in notes:
-        log.warning(note)
-    if merged is not None:
-        merged = rewrite_tls_paths(merged, paths, moves)
-        if merged != current:
-            _save(ctx, "takeover", merged)
-    copied = _copy_moves(ctx, moves, "takeover")
-    if merged is not None:
-        _check_identity(ctx, merged, "the takeover")
+    merged, copied = _carry_over(
+        ctx, current, merge_upstream(current, [(lt, configs.get(lt)) for lt in reversed(layouts)]),
+        moves, phase="takeover", what="the takeover")
     ids = [c.get("agent_id") for c in configs.values() if c and c.get("agent_id")]
     if ids and not (merged or {}).get("agent_id"):
         raise MigrationError("the migrated config lost the upstream agent_id; nothing removed")
