@@ -375,7 +375,7 @@ class Agent:
         """Stop the unit when it runs, so `unregister` finds the instance lock free; True
         when it was stopped. An unknown state (no systemd) stops nothing: the agent's lock
         still refuses then (exit 75)."""
-        state = show(self.module, unit, ("ActiveState",)).get("ActiveState", "")
+        state = show(self.module, unit, ("ActiveState",)).get("ActiveState")
         if state not in RUNNING_STATES:
             return False
         rc, out, err = self.module.run_command(["systemctl", "stop", unit])

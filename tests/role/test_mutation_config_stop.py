@@ -247,3 +247,20 @@ def test_a_configure_only_run_starts_what_it_stopped():
     assert start["when"] == [
         "redflag_agent__config.service_stopped | default(false)",
         "ansible_run_tags | redflag.agent.redflag_service_skipped(ansible_skip_tags)"]
+
+
+# --- survivors of the whole-file mutation run outside the stop (the settings' secrets) -------
+@pytest.mark.parametrize(("proxy", "secrets"), [
+    ({"http": "http://proxy:3128", "https": "http://u:pw-5@proxy:3128"}, ["pw-5"]),
+    # an unparsable http URL does not end the search: the https one is still read
+    ({"http": "http://u:x@[bad", "https": "http://u:pw-6@proxy:3128"}, ["pw-6"]),
+])
+def test_settings_secrets_reads_the_https_url_too(config_module, proxy, secrets):
+    assert config_module.settings_secrets({"proxy": proxy}) == secrets
+
+
+def test_main_masks_the_given_settings_secrets(run_main):
+    settings = {"server_url": "http://127.0.0.1:8080", "proxy": {"password": "pw-7"}}
+    module, kind, _ = run_main({"status --json": ok(STATUS_NEW),
+                                "config apply --json": ok(UNCHANGED)}, settings=settings)
+    assert kind == "Exit" and module.no_log_values == {"pw-7"}
