@@ -146,7 +146,7 @@ def cmd_register(paths: Paths, args: argparse.Namespace) -> int:
         if cfgmod.is_registered(cfg):
             return _already_registered(cfg)  # type: ignore[arg-type]
         # `run` may be registering right now: never enroll this host twice
-        lock = _lock_for_register(paths)
+        lock = _lock_state_dir(paths)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
@@ -172,12 +172,12 @@ def _already_registered(cfg: dict[str, Any]) -> int:
     return EX_OK
 
 
-def _lock_for_register(paths: Paths) -> Any:
+def _lock_state_dir(paths: Paths) -> Any:
     from .lock import InstanceLock  # noqa: PLC0415
     from .owner import chown_to_agent  # noqa: PLC0415
 
     if not paths.state_dir.is_dir():
-        # registering is real work: the state dir is created as `run` would
+        # (un)registering is real work: the state dir is created as `run` would
         paths.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         chown_to_agent(paths.state_dir)
     lock = InstanceLock(paths.state_dir)
@@ -236,7 +236,56 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
 
 
 # --- unregister --------------------------------------------------------------------------
+def unregister_locked_message(paths: Paths) -> str:
+    """Pure: why `unregister` refuses while another instance (the service) holds the lock."""
+    return (f"the agent service redflag-agent.service (or another `redflag-agent run`) is "
+            f"running on this host and holds the lock on {paths.state_dir}: it renews and "
+            f"saves the tokens in {paths.config_file}, so unregistering under it could bring "
+            "the identity back or drop a fresh one. Stop it first (`systemctl stop "
+            "redflag-agent`), then unregister; nothing was changed")
+
+
+def _registered_config(paths: Paths, log: Any) -> Optional[dict[str, Any]]:
+    """The config when it holds an identity; None (the reason logged) otherwise."""
+    try:
+        cfg = cfgmod.read_config(paths.config_file)
+    except cfgmod.ConfigError as exc:
+        log.error("%s", exc)
+        return None
+    if not cfgmod.is_registered(cfg):
+        log.error("not registered: %s holds no agent_id/refresh_token; nothing to unregister",
+                  paths.config_file)
+        return None
+    return cfg
+
+
 def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
+    from .lock import LockHeld  # noqa: PLC0415
+
+    log = logs.get("unregister")
+    if _registered_config(paths, log) is None:
+        return EX_CONFIG
+    try:
+        # `run` renews and saves tokens in config.json: never drop the identity under it
+        lock = _lock_state_dir(paths)
+    except LockHeld:
+        log.error("%s", unregister_locked_message(paths))
+        return EX_TEMPFAIL
+    except OSError as exc:
+        log.error("cannot create or lock the state directory %s: %s", paths.state_dir,
+                  exc.strerror or exc)
+        return EX_CONFIG
+    if lock.refused:
+        log.error("not unregistering: the instance lock cannot be taken: %s; nothing was "
+                  "changed", lock.refused)
+        return EX_CONFIG
+    try:
+        return _unregister_locked(paths, args, log)
+    finally:
+        lock.release()
+
+
+def _unregister_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
     from . import binding, registration  # noqa: PLC0415
     from .checkin import Agent  # noqa: PLC0415
     from .client import ClientError, NotFound, Unauthorized  # noqa: PLC0415
@@ -244,17 +293,10 @@ def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
     from .signals import Terminator  # noqa: PLC0415
     from .status import StatusFile  # noqa: PLC0415
 
-    log = logs.get("unregister")
-    try:
-        cfg = cfgmod.read_config(paths.config_file)
-    except cfgmod.ConfigError as exc:
-        log.error("%s", exc)
+    # re-read under the lock: an instance that just stopped may have saved new tokens
+    cfg = _registered_config(paths, log)
+    if cfg is None:
         return EX_CONFIG
-    if not cfgmod.is_registered(cfg):
-        log.error("not registered: %s holds no agent_id/refresh_token; nothing to unregister",
-                  paths.config_file)
-        return EX_CONFIG
-    assert cfg is not None  # noqa: S101 - is_registered(None) is False
     try:
         client = make_client(cfg, binding.host_machine_id(paths).value)
     except ValueError as exc:

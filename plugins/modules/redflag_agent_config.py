@@ -5,7 +5,9 @@
 2. `migrate --json` when the agent reports pending migrations (the agent moves legacy
    data; the role never does). A dry run in check mode.
 3. The enrollment decision, `decide_enrollment()` below: THE place the role decides
-   whether a host enrolls, from the agent's own status, never from files.
+   whether a host enrolls, from the agent's own status, never from files. A registered
+   identity being replaced is unregistered first, with the service stopped (the agent's
+   `unregister` refuses with exit 75 while the running agent holds its instance lock).
 4. `config apply`: the agent owns the schema and the merge; this module hands it the
    settings on stdin (the token never goes on argv) and reports changed, created,
    changed_keys and a diff in which the agent has redacted secrets.
@@ -22,6 +24,10 @@ description:
     (C(--dry-run) in check mode); decides whether the host enrolls (not registered, or
     I(force_reregister)); runs C(config apply --json) (with C(--check) in check mode) with the
     desired settings, and the token only when enrolling, as JSON on stdin.
+  - Before a registered identity is replaced (I(force_reregister), I(forget_identity)) the
+    service I(unit) is stopped when it is active (C(systemctl stop)), so the agent's
+    C(unregister) can take the instance lock; the role's service step starts it again. Nothing
+    is stopped in check mode or when no identity is replaced.
   - When the agent is not installed yet in check mode, reports that config.json would be created.
 options:
   settings:
@@ -44,6 +50,10 @@ options:
       - Never enrolls; I(registration_token) and I(force_reregister) must be unset.
     type: bool
     default: false
+  unit:
+    description: The agent's systemd unit, stopped before a registered identity is replaced.
+    type: str
+    default: redflag-agent.service
 author:
   - redflag-provision developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -127,6 +137,11 @@ unregistered:
     a registered identity (agent_id, server_knew, backup); empty otherwise.
   type: dict
   returned: always
+service_stopped:
+  description: The module stopped I(unit) (it was active) before unregistering the replaced
+    identity; the role's service step starts it again. Never in check mode.
+  type: bool
+  returned: when the agent is installed
 """
 
 import hashlib
@@ -142,8 +157,12 @@ from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli im
     AGENT_ENV,
     run_agent,
 )
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
 
 NOT_INSTALLED = {"registered": False, "installed": False, "migrations_pending": []}
+EX_TEMPFAIL = 75  # the agent's exit when another instance holds its instance lock
+# ActiveState values in which the agent runs or is about to (it may hold the lock)
+RUNNING_STATES = frozenset({"active", "activating", "reloading", "deactivating", "refreshing"})
 
 
 class ApplyError(Exception):
@@ -186,6 +205,20 @@ def unregister_warning(agent_id: Any, rc: int, detail: str,
     return (f"could not unregister the replaced agent {agent_id} on the server (exit {rc}: "
             f"{detail or 'no output'}); {then}. Delete agent {agent_id} on the "
             "server by hand; its identity is kept under /var/lib/redflag-agent/identity_backups")
+
+
+def unregister_locked(detail: str) -> str:
+    """Why the module stops when `unregister` found the instance lock held although the
+    service is stopped: re-enrolling under a running agent is the race the lock prevents."""
+    return (f"redflag-agent unregister exited {EX_TEMPFAIL}: {detail}; another redflag-agent "
+            "instance still runs on this host: stop it and re-run (nothing was unregistered "
+            "or re-enrolled)")
+
+
+def stop_failed(unit: str, rc: int, detail: str) -> str:
+    return (f"systemctl stop {unit} failed (exit {rc}: {detail or 'no output'}) before the "
+            f"identity could be replaced; nothing was unregistered or re-enrolled. See "
+            f"systemctl status {unit} and journalctl -u {unit}, fix it and re-run")
 
 
 _LOG_PREFIX = re.compile(r"^\[ERROR\] \[[^\]]*\] ")
@@ -338,6 +371,18 @@ class Agent:
             # never empty: an empty reason would drop the warning that the old agent is left
             return {}, rc, agent_error(err) or (err or out or "").strip()[:600] or "no output"
 
+    def stop_service(self, unit: str) -> bool:
+        """Stop the unit when it runs, so `unregister` finds the instance lock free; True
+        when it was stopped. An unknown state (no systemd) stops nothing: the agent's lock
+        still refuses then (exit 75)."""
+        state = show(self.module, unit, ("ActiveState",)).get("ActiveState")
+        if state not in RUNNING_STATES:
+            return False
+        rc, out, err = self.module.run_command(["systemctl", "stop", unit])
+        if rc != 0:
+            raise ApplyError(stop_failed(unit, rc, (err or out or "").strip()[:600]))
+        return True
+
     def migrate(self, dry_run: bool) -> list[str]:
         args = ["migrate"] + (["--dry-run"] if dry_run else []) + ["--json"]
         rc, out, err = self.call(args)
@@ -356,6 +401,7 @@ def main() -> None:
             "registration_token": {"type": "str", "default": "", "no_log": True},
             "force_reregister": {"type": "bool", "default": False},
             "forget_identity": {"type": "bool", "default": False},
+            "unit": {"type": "str", "default": "redflag-agent.service"},
         },
         supports_check_mode=True,
     )
@@ -388,6 +434,7 @@ def main() -> None:
     agent = Agent(module)
     migrated: list[str] = []
     unregistered: dict[str, Any] = {}
+    stopped = False
     try:
         status = agent.status()
         if status.get("migrations_pending"):
@@ -402,7 +449,11 @@ def main() -> None:
             # an image enrolls nothing; a registered template leaves the server first
             decision = Enrollment(False, False, False, bool(status.get("registered")))
         if decision.replaces and not module.check_mode:
+            # the running agent renews and saves tokens in config.json under its lock
+            stopped = agent.stop_service(params["unit"])
             unregistered, rc, why = agent.unregister()
+            if rc == EX_TEMPFAIL:
+                raise ApplyError(unregister_locked(why))
             if why:
                 module.warn(unregister_warning(
                     status.get("agent_id"), rc, why,
@@ -414,15 +465,18 @@ def main() -> None:
         rc, out, err = agent.apply(payload)
         result = interpret(rc, out, err)
     except ApplyError as exc:
-        module.fail_json(msg=str(exc), migrated=migrated)
+        left = (f"; {params['unit']} was stopped to replace the identity and is left stopped"
+                if stopped else "")
+        module.fail_json(msg=f"{exc}{left}", migrated=migrated)
     agent_diff = result.pop("agent_diff")
     result.update(
-        changed=result["changed"] or bool(migrated),
+        changed=result["changed"] or bool(migrated) or stopped,
         migrated=migrated,
         status=status,
         enroll=decision.enroll,
         token_embedded=decision.embed_token,
         unregistered=unregistered,
+        service_stopped=stopped,
     )
     if module._diff and agent_diff:
         result["diff"] = {"prepared": agent_diff}

@@ -20,6 +20,8 @@ STATUS_REG = {"registered": True, "installed": True, "migrations_pending": [],
               "agent_id": "A1"}
 APPLIED = {"changed": True, "created": True, "path": "/etc/redflag-agent/config.json",
            "changed_keys": ["server_url"], "diff": "+server_url"}
+# `systemctl show UNIT -p ActiveState` when a test does not script it: the unit is stopped
+INACTIVE = (0, "ActiveState=inactive\n", "")
 UNCHANGED = {"changed": False, "created": False, "path": "/etc/redflag-agent/config.json",
              "changed_keys": [], "diff": ""}
 
@@ -33,7 +35,8 @@ class Fail(Exception):
 
 
 class FakeModule:
-    """Stands in for AnsibleModule; `answers` maps an agent subcommand to (rc, out, err)."""
+    """Stands in for AnsibleModule; `answers` maps an agent subcommand (or a whole systemctl
+    command line) to (rc, out, err)."""
 
     instances: list[FakeModule] = []
 
@@ -49,8 +52,11 @@ class FakeModule:
 
     def run_command(self, argv, **kwargs):
         self.calls.append((argv, kwargs))
-        key = " ".join(argv[3:])
-        answer = self.answers[key]
+        key = " ".join(argv) if argv[0] == "systemctl" else " ".join(argv[3:])
+        if key.startswith("systemctl show"):
+            answer = self.answers.get(key, INACTIVE)
+        else:
+            answer = self.answers[key]
         if isinstance(answer, list):
             return answer.pop(0) if len(answer) > 1 else answer[0]
         return answer
@@ -77,7 +83,7 @@ def run_main(config_module, monkeypatch, tmp_path):
     def run(answers, check_mode=False, diff=False, exists=True, **params):
         full = {"python": PY, "pyz": str(pyz) if exists else str(tmp_path / "missing.pyz"),
                 "settings": SETTINGS, "registration_token": "", "force_reregister": False,
-                "forget_identity": False, **params}
+                "forget_identity": False, "unit": "redflag-agent.service", **params}
         module = FakeModule(full, answers, check_mode, diff)
 
         def factory(**spec):
@@ -103,6 +109,7 @@ def test_argument_spec_hides_the_token(run_main):
             "registration_token": {"type": "str", "default": "", "no_log": True},
             "force_reregister": {"type": "bool", "default": False},
             "forget_identity": {"type": "bool", "default": False},
+            "unit": {"type": "str", "default": "redflag-agent.service"},
         },
         "supports_check_mode": True,
     }
@@ -162,7 +169,8 @@ def test_first_enrollment_sends_the_token_on_stdin_only(run_main):
     assert kind == "Exit"
     assert result == {"changed": True, "created": True, "path": APPLIED["path"],
                       "changed_keys": ["server_url"], "migrated": [], "status": STATUS_NEW,
-                      "enroll": True, "token_embedded": True, "unregistered": {}}
+                      "enroll": True, "token_embedded": True, "unregistered": {},
+                      "service_stopped": False}
     (status_argv, status_kw), (apply_argv, apply_kw) = module.calls
     assert status_argv == [PY, "-I", run_main.pyz, "status", "--json"]
     assert status_kw == {"environ_update": {"LC_ALL": "C.UTF-8"}}
@@ -258,11 +266,15 @@ def test_forced_reenrollment_unregisters_first(run_main):
         "status --json": ok(STATUS_REG),
         "unregister --json": ok({"unregistered": "A1"}),
         "config apply --json": ok(APPLIED)}, registration_token=TOKEN, force_reregister=True)
-    assert [argv[3:] for argv, _ in module.calls] == [
-        ["status", "--json"], ["unregister", "--json"], ["config", "apply", "--json"]]
+    # the unit is asked first (it is inactive here, so nothing is stopped)
+    assert [argv[3:] if argv[0] != "systemctl" else argv for argv, _ in module.calls] == [
+        ["status", "--json"],
+        ["systemctl", "show", "redflag-agent.service", "-p", "ActiveState"],
+        ["unregister", "--json"], ["config", "apply", "--json"]]
     assert result["unregistered"] == {"unregistered": "A1"}
     assert result["enroll"] is True and result["token_embedded"] is True
-    assert json.loads(module.calls[2][1]["data"])["reregister"] is True
+    assert result["service_stopped"] is False
+    assert json.loads(module.calls[-1][1]["data"])["reregister"] is True
     assert module.warnings == []
 
 
@@ -300,7 +312,7 @@ def test_forget_identity_unregisters_a_registered_template(run_main):
         "could not unregister the replaced agent A1 on the server (exit 69: not json); "
         "forgetting it for the image anyway. Delete agent A1 on the server by hand; its "
         "identity is kept under /var/lib/redflag-agent/identity_backups"]
-    assert json.loads(module.calls[2][1]["data"]) == {"settings": SETTINGS, "reregister": False,
+    assert json.loads(module.calls[-1][1]["data"]) == {"settings": SETTINGS, "reregister": False,
                                                       "forget_identity": True}
     assert result["enroll"] is False and result["token_embedded"] is False
 
