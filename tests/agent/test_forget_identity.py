@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from .test_cli import assert_no_secrets, cli, snapshot, write_config
 
 from redflag_agent import cli as agent_cli
 from redflag_agent import config as c
+
+from .test_cli import assert_no_secrets, cli, snapshot, write_config
 
 AID = "4b3f0c1e-0000-4000-8000-000000000001"
 SETTINGS = {"server_url": "http://127.0.0.1:9", "check_in_interval": 120, "tags": ["web"],
