@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import config as cfgmod
 from . import logs
 from .exits import EX_CONFIG, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from .lock import LockHeld
 from .paths import Paths
 
 if TYPE_CHECKING:
@@ -138,7 +141,6 @@ def _read_token(args: argparse.Namespace, cfg: Optional[dict[str, Any]]) -> Opti
 
 
 def cmd_register(paths: Paths, args: argparse.Namespace) -> int:
-    from .lock import LockHeld  # noqa: PLC0415
 
     log = logs.get("registration")
     try:
@@ -260,8 +262,6 @@ def _registered_config(paths: Paths, log: Any) -> Optional[dict[str, Any]]:
 
 
 def cmd_unregister(paths: Paths, args: argparse.Namespace) -> int:
-    from .lock import LockHeld  # noqa: PLC0415
-
     log = logs.get("unregister")
     if _registered_config(paths, log) is None:
         return EX_CONFIG
@@ -431,16 +431,21 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
             current = cfgmod.read_config(paths.config_file)
             new = cfgmod.merge_desired(current, settings, token, reregister, forget)
             changed = current != new
+            drops = drops_identity(current, reregister, forget) and changed
             if changed and not args.check:
-                if forget and any((current or {}).get(k) for k in cfgmod.IDENTITY_KEYS):
-                    _keep_identity(paths, current, log)
-                writing = True
-                cfgmod.save_config(paths, new)
+                with _instance_lock_if(drops, paths):
+                    if forget and drops:
+                        _keep_identity(paths, current, log)
+                    writing = True
+                    cfgmod.save_config(paths, new)
         if (reregister or forget) and changed and not args.check:
             _forget_attempt(paths, log)
     except cfgmod.ConfigError as exc:
         log.error("%s", exc)
         return EX_CONFIG
+    except LockHeld:
+        log.error("%s", apply_locked_message(paths))
+        return EX_TEMPFAIL
     except OSError as exc:
         unchanged = not writing or _still_holds(paths, current)
         log.error("%s", write_failed_message(paths.config_file, exc, unchanged, writing))
@@ -461,6 +466,37 @@ def cmd_config_apply(paths: Paths, args: argparse.Namespace) -> int:
         print(f"{paths.config_file}: {verb}{'create' if current is None else 'change'} "
               f"({', '.join(result['changed_keys'])})\n{result['diff']}", end="")
     return EX_OK
+
+
+def drops_identity(current: Optional[dict[str, Any]], reregister: bool, forget: bool) -> bool:
+    """Pure: does this apply drop an identity the running service may be renewing?"""
+    return (reregister or forget) and any((current or {}).get(k) for k in cfgmod.IDENTITY_KEYS)
+
+
+def apply_locked_message(paths: Paths) -> str:
+    """Pure: why an apply that drops the identity refuses while the service runs."""
+    return (f"the agent service redflag-agent.service (or another `redflag-agent run`) is "
+            f"running on this host and holds the lock on {paths.state_dir}: it renews and "
+            f"saves the tokens in {paths.config_file}, so dropping the identity under it could "
+            "bring it back. Stop it first (`systemctl stop redflag-agent`), then apply again; "
+            "nothing was changed")
+
+
+@contextlib.contextmanager
+def _instance_lock_if(needed: bool, paths: Paths) -> Iterator[None]:
+    """The instance lock while an identity is dropped (raises LockHeld when the service holds
+    it). No state directory yet: no instance can be running."""
+    if not needed or not paths.state_dir.is_dir():
+        yield
+        return
+    from .lock import InstanceLock  # noqa: PLC0415
+
+    lock = InstanceLock(paths.state_dir)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _keep_identity(paths: Paths, cfg: Any, log: Any) -> None:
