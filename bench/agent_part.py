@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -123,6 +124,9 @@ def cpu_run(server: DevServer, pyz: Path, base: Path) -> dict:
                    {"version": "6", "server_url": recorder.url,
                     "registration_token": server.mint(1), "check_in_interval": 1})
     (root / "var/lib/redflag-agent").mkdir(parents=True)
+    # each run is its own host: the stand-in binds an agent to its machine ID (CONTRACT 4b),
+    # so runs sharing the hostname fallback would be refused as clones after the first
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDFLAG_ROOT": str(root)}
     proc = subprocess.Popen([python(), "-I", str(pyz), "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
