@@ -25,6 +25,17 @@ and its autostart entry), moved like the binaries. Left on purpose: /etc/redflag
 /etc/redflag/server/ (the agent's migration reads the agent_id as identity and keeps both in its
 own backup), and upstream's logs.
 
+Group memberships: both upstream installers (0.1.x install.sh, 0.2.x linux.sh.tmpl) run
+`usermod -aG docker redflag-agent` whenever a docker group exists, and membership of docker is
+root-equivalent (the socket starts privileged containers); this agent never talks to docker.
+So on a host that ran upstream (its pieces found now, or an earlier takeover's backup from a
+role version that did not handle memberships) the agent user leaves docker with
+`gpasswd -d`, recorded in the manifest. A membership the takeover already removed once and
+that is back, or docker on a host that never ran upstream, may be deliberate: only a warning,
+like the other root-equivalent groups upstream never adds (wheel, sudo, admin, disk, root,
+lxd, incus-admin, libvirt). Log-reading groups (adm, systemd-journal) and redflag-local
+(handled above) are left without comment: they give no way to root.
+
 Kept copies are never a way up: a copy is a new file created 0600 and then given the original's
 mode without setuid/setgid, and with no extended attributes (so no file capabilities, which
 0.2.x's installer sets on its agent binary: cap_sys_ptrace); and before the original is
@@ -55,6 +66,12 @@ description:
     M(redflag.agent.redflag_agent_dropins) judges them).
   - Moves upstream's helper files (I(helper_files)) and, with rename(2), its state directories
     (I(helper_dirs)) into the backup.
+  - Removes I(agent_user) from the group C(docker) (root-equivalent; upstream's installers add
+    it, this agent does not use docker) when the host ran upstream (upstream pieces found now,
+    or an earlier takeover backup that did not handle memberships); C(manifest.json) records
+    it. A membership removed once that is back, docker on a host that never ran upstream, and
+    the other root-equivalent groups (wheel, sudo, admin, disk, root, lxd, incus-admin,
+    libvirt) are only warned about.
   - Drops setuid/setgid bits and file capabilities from what it keeps and from the originals
     before unlinking them.
   - Never follows a symlink; a symlink or a non-regular file is left alone and reported.
@@ -65,10 +82,12 @@ options:
     type: str
     default: redflag-agent.service
   unit_paths:
-    description: Where an upstream unit file may lie.
+    description: Where an upstream unit file may lie (a unit running I(pyz) is kept).
     type: list
     elements: path
-    default: [/etc/systemd/system/redflag-agent.service]
+    default: [/etc/systemd/system/redflag-agent.service,
+              /usr/lib/systemd/system/redflag-agent.service,
+              /lib/systemd/system/redflag-agent.service]
   pyz:
     description: This agent's zipapp; a unit whose ExecStart runs it is ours.
     type: path
@@ -116,7 +135,9 @@ options:
     type: str
     default: redflag-local
   agent_user:
-    description: The agent's service user (its membership in I(group) does not keep the group).
+    description:
+      - The agent's service user (its membership in I(group) does not keep the group).
+      - Its root-equivalent group memberships are removed or warned about (see above).
     type: str
     default: redflag-agent
   backup_root:
@@ -182,6 +203,12 @@ dropins:
   type: list
   elements: str
   returned: always
+memberships_removed:
+  description: The groups I(agent_user) was removed from (in check mode, would be removed).
+  type: list
+  elements: str
+  returned: always
+  sample: [docker]
 """
 
 import contextlib
@@ -221,6 +248,22 @@ KINDS = {
     "helper_dir": "helper directory",
 }
 CAPS_XATTR = "security.capability"
+# Groups whose members are root or one step from it, and why.
+ROOT_EQUIVALENT = {
+    "docker": "its socket starts privileged containers",
+    "lxd": "its socket starts privileged containers",
+    "incus-admin": "its socket starts privileged containers",
+    "libvirt": "qemu:///system gives VMs the host's disks",
+    "disk": "raw access to the block devices",
+    "root": "writes root's group-writable files",
+    "wheel": "sudo rights in the default sudoers",
+    "sudo": "sudo rights in the default sudoers",
+    "admin": "sudo rights in Ubuntu's default sudoers",
+}
+# Groups upstream's installers add the agent user to for privilege, and why it goes
+# (redflag-local, the local API group, is handled with the group option).
+UPSTREAM_ADDED = {"docker": "root-equivalent; this agent does not use docker"}
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class Piece(NamedTuple):
@@ -247,16 +290,34 @@ class Group(NamedTuple):
     primary_of: tuple[str, ...] = ()
 
 
+class Membership(NamedTuple):
+    group: str
+    gid: int
+
+
+class Earlier(NamedTuple):
+    """What earlier takeovers' manifests say (the backup root is root-only)."""
+
+    takeovers: int = 0  # backups whose manifest was read
+    removed: tuple[str, ...] = ()  # groups an earlier takeover took the agent user out of
+    handled: bool = False  # some earlier manifest records memberships (this version's rule ran)
+
+
+NO_EARLIER = Earlier()
+
+
 class Action(NamedTuple):
-    op: str  # stop | disable | move | groupdel
+    op: str  # stop | disable | move | groupdel | leave
     target: str  # unit, path or group name
-    kind: str  # service | group | one of Piece.kind
-    detail: str = ""  # Piece.detail
+    kind: str  # service | group | membership | one of Piece.kind
+    detail: str = ""  # Piece.detail; membership: why it goes
+    user: str = ""  # membership: who leaves the group
 
 
 class Plan(NamedTuple):
     actions: tuple[Action, ...]
     left_alone: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
     def moves(self) -> list[Action]:
         return [a for a in self.actions if a.op == "move"]
@@ -303,6 +364,43 @@ def group_decision(group: Group, agent_user: str) -> tuple[bool, str]:
     return True, ""
 
 
+def membership_decision(
+    memberships: tuple[Membership, ...], upstream_now: bool, earlier: Earlier, agent_user: str
+) -> tuple[list[Action], list[str]]:
+    """(groups the agent user leaves, warnings) for its supplementary groups (pure).
+
+    Removed: a group upstream's installers add (docker) on a host that ran upstream: its
+    pieces found now, or an earlier takeover that did not handle memberships (a role version
+    before this rule). Warned about: any root-equivalent membership the rule leaves, because
+    it may be the operator's doing (a host that never ran upstream; a membership removed once
+    and back since; a group upstream never adds). Others (adm, systemd-journal: log reading)
+    are no way to root and are left without comment."""
+    leave: list[Action] = []
+    warn: list[str] = []
+    for m in sorted(memberships):
+        if m.group in UPSTREAM_ADDED and (
+            upstream_now or (earlier.takeovers and not earlier.handled)
+        ):
+            leave.append(
+                Action("leave", m.group, "membership", UPSTREAM_ADDED[m.group], agent_user)
+            )
+            continue
+        if m.group not in ROOT_EQUIVALENT:
+            continue
+        if m.group in earlier.removed:
+            why = "an earlier takeover removed it and it is back, so it looks deliberate"
+        elif m.group in UPSTREAM_ADDED:
+            why = "no upstream agent was found on this host, so it may be deliberate"
+        else:
+            why = "upstream's installers do not add it, so it may be deliberate"
+        warn.append(
+            f"WARNING: {agent_user} is in group {m.group} ({ROOT_EQUIVALENT[m.group]}: "
+            f"root-equivalent) and this agent needs no such group; left as it is ({why}): "
+            f"remove it with `gpasswd -d {agent_user} {m.group}` unless it is meant"
+        )
+    return leave, warn
+
+
 def plan(
     pieces: list[Piece],
     loaded: Loaded,
@@ -311,9 +409,12 @@ def plan(
     pyz: str,
     *,
     backup_dev: Optional[int] = None,
+    memberships: tuple[Membership, ...] = (),
+    earlier: Earlier = NO_EARLIER,
 ) -> Plan:
     """What to do with what was found (pure). backup_dev: the backup root's filesystem (a
-    helper directory is moved with rename, which cannot cross filesystems)."""
+    helper directory is moved with rename, which cannot cross filesystems); memberships: the
+    agent user's supplementary groups; earlier: what earlier takeovers recorded."""
     actions: list[Action] = []
     left: list[str] = []
     unit_files = [p for p in pieces if p.kind == "unit" and p.found == "file"]
@@ -350,7 +451,9 @@ def plan(
         actions.append(Action("groupdel", group.name, "group"))
     elif why:
         left.append(why)
-    return Plan(tuple(actions), tuple(left))
+    # Upstream found: anything to stop or set aside (a symlink left alone is not proof).
+    leave, warn = membership_decision(memberships, bool(actions), earlier, agent_user)
+    return Plan(tuple(actions + leave), tuple(left), tuple(warn))
 
 
 def backup_name(now: datetime.datetime, existing: set[str]) -> str:
@@ -363,7 +466,7 @@ def backup_name(now: datetime.datetime, existing: set[str]) -> str:
 
 
 def needs_backup(p: Plan) -> bool:
-    return any(a.op in ("move", "groupdel") for a in p.actions)
+    return any(a.op in ("move", "groupdel", "leave") for a in p.actions)
 
 
 def _join(items: list[str]) -> str:
@@ -391,15 +494,18 @@ def change_lines(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> 
             lines.append(f"{would}{a.op} the upstream {unit}")
         elif a.op == "move":
             lines.append(f"{would}move {_named(a, why=False)} to {backup_dir}")
+        elif a.op == "leave":
+            lines.append(f"{would}remove {a.user} from group {a.target}")
         else:
             lines.append(f"{would}delete group {a.target}")
     return lines
 
 
 def summary(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> str:
-    """The per-host report fragment, every piece by name; '' when nothing was found (pure)."""
+    """The per-host report fragment, every piece by name, then the warnings; '' when nothing
+    was found (pure)."""
     if not p.actions and not p.left_alone:
-        return ""
+        return "; ".join(p.warnings)
     would = "would " if check else ""
     ops = {a.op for a in p.actions}
     parts = []
@@ -407,19 +513,25 @@ def summary(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> str:
              if v in ops]  # fmt: skip
     if verbs:
         parts.append(f"{would}{' and '.join(verbs)} the upstream {unit}")
-    binaries = [
-        a.target + (f" ({a.detail} dropped on the kept copy)" if a.detail else "")
+    # Binaries and helper directories are moved whole (renamed, or copied then unlinked);
+    # the other files are removed with a copy kept.
+    moved = [
+        (_named(a) if a.kind == "helper_dir" else
+         a.target + (f" ({a.detail} dropped on the kept copy)" if a.detail else ""))
         for a in p.actions
-        if a.op == "move" and a.kind == "binary"
-    ]
-    if binaries:
-        parts.append(f"{would}{'move' if check else 'moved'} {_join(binaries)} to {backup_dir}")
-    files = [_named(a) for a in p.actions if a.op == "move" and a.kind != "binary"]
+        if a.op == "move" and a.kind in ("binary", "helper_dir")
+    ]  # fmt: skip
+    if moved:
+        parts.append(f"{would}{'move' if check else 'moved'} {_join(moved)} to {backup_dir}")
+    files = [_named(a) for a in p.actions
+             if a.op == "move" and a.kind not in ("binary", "helper_dir")]  # fmt: skip
     removed = [f"{_join(files)} (copies in {backup_dir})"] if files else []
     removed += [f"group {a.target}" for a in p.actions if a.op == "groupdel"]
     if removed:
         parts.append(f"{would}{'remove' if check else 'removed'} {_join(removed)}")
-    parts += list(p.left_alone)
+    parts += [f"{would}{'remove' if check else 'removed'} {a.user} from group {a.target} "
+              f"({a.detail})" for a in p.actions if a.op == "leave"]  # fmt: skip
+    parts += list(p.left_alone) + list(p.warnings)
     head = "would take over the upstream agent: " if check else "upstream agent taken over: "
     if not p.actions:
         head = "upstream agent: "
@@ -427,9 +539,16 @@ def summary(p: Plan, unit: str, backup_dir: Optional[str], check: bool) -> str:
 
 
 def manifest(
-    p: Plan, unit: str, loaded: Loaded, group: Group, files: dict[str, dict[str, Any]]
+    p: Plan,
+    unit: str,
+    loaded: Loaded,
+    group: Group,
+    files: dict[str, dict[str, Any]],
+    *,
+    gids: Optional[dict[str, int]] = None,
 ) -> dict[str, Any]:
-    """What the backup holds and how to put it back (pure)."""
+    """What the backup holds and how to put it back (pure). gids: group name -> gid."""
+    gids = gids or {}
     return {
         "format": 1,
         "unit": {
@@ -444,17 +563,32 @@ def manifest(
             if any(a.op == "groupdel" for a in p.actions)
             else None
         ),
+        "memberships": [
+            {"user": a.user, "group": a.target, "gid": gids.get(a.target), "why": a.detail}
+            for a in p.actions
+            if a.op == "leave"
+        ],
         "restore": (
             "stop this agent (systemctl disable --now " + unit + "), copy files/ back to / "
-            "(cp -a files/. /), recreate the group with its gid and members if listed, then "
+            "(cp -a files/. /), recreate the group with its gid and members if listed, put "
+            "each user under memberships back in its group (gpasswd -a USER GROUP), then "
             "systemctl daemon-reload and enable --now " + unit + "; setuid/setgid bits and "
             "file capabilities listed as dropped are not in the copies"
         ),
     }
 
 
-def diff_text(pieces: list[Piece], group: Group, p: Plan, after: bool) -> str:
+def diff_text(
+    pieces: list[Piece],
+    group: Group,
+    p: Plan,
+    after: bool,
+    *,
+    memberships: tuple[Membership, ...] = (),
+    agent_user: str = "",
+) -> str:
     gone = {a.target for a in p.actions if a.op in ("move", "groupdel")}
+    left = {a.target for a in p.actions if a.op == "leave"}
     lines = [
         f"{piece.path} ({piece.found})"
         for piece in pieces
@@ -464,6 +598,8 @@ def diff_text(pieces: list[Piece], group: Group, p: Plan, after: bool) -> str:
     ]
     if group.exists and not (after and group.name in gone):
         lines.append(f"group {group.name} (members: {', '.join(group.members) or 'none'})")
+    lines += [f"{agent_user} in group {m.group}" for m in sorted(memberships)
+              if m.group in left and not after]  # fmt: skip
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -576,6 +712,44 @@ def find_group(name: str) -> Group:
     return Group(name, True, entry.gr_gid, tuple(entry.gr_mem), primary)
 
 
+def find_memberships(user: str) -> tuple[Membership, ...]:
+    """The groups that list user as a member (its primary group is the host module's)."""
+    return tuple(Membership(g.gr_name, g.gr_gid) for g in grp.getgrall() if user in g.gr_mem)
+
+
+def find_earlier(root: str) -> Earlier:
+    """What earlier takeovers' manifests record. Read only when root is a root-only directory
+    (no one else could have put a manifest there); each one opened without following."""
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return Earlier()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return Earlier()
+    takeovers, removed, handled = 0, set(), False
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "manifest.json")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a takeover directory, or no manifest (a run that failed early)
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    continue
+                data = json.loads(handle.read(MAX_MANIFEST_BYTES))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        takeovers += 1
+        if isinstance(data.get("memberships"), list):
+            handled = True
+            removed |= {m["group"] for m in data["memberships"]
+                        if isinstance(m, dict) and isinstance(m.get("group"), str)}  # fmt: skip
+    return Earlier(takeovers, tuple(sorted(removed)), handled)
+
+
 class Takeover:
     def __init__(self, module: Any) -> None:
         self.module = module
@@ -678,7 +852,16 @@ class Takeover:
             )
         os.unlink(path)
 
-    def run(self, p: Plan, pieces: list[Piece], loaded: Loaded, group: Group, backup: str) -> None:
+    def run(
+        self,
+        p: Plan,
+        pieces: list[Piece],
+        loaded: Loaded,
+        group: Group,
+        backup: str,
+        *,
+        gids: Optional[dict[str, int]] = None,
+    ) -> None:
         unit = self.p["unit"]
         for a in p.actions:
             if a.op in ("stop", "disable"):
@@ -706,7 +889,7 @@ class Takeover:
                 except OSError as exc:
                     self.fail(f"could not move {a.target} into {backup}: {exc}; no file was "
                               f"removed")  # fmt: skip
-        data = json.dumps(manifest(p, unit, loaded, group, files), indent=2) + "\n"
+        data = json.dumps(manifest(p, unit, loaded, group, files, gids=gids), indent=2) + "\n"
         fd = os.open(
             os.path.join(backup, "manifest.json"),
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
@@ -717,6 +900,12 @@ class Takeover:
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(backup)
+        # Recorded above, so it can be put back; gpasswd edits only root's /etc/group and
+        # /etc/gshadow (and flushes nscd), never a path the agent user can write.
+        for a in p.actions:
+            if a.op == "leave":
+                run_checked(self.module, ["gpasswd", "-d", a.user, a.target], changes=self.done)
+                self.done.append(f"{a.user} removed from group {a.target}")
         unit_moved = False
         for a in moves:
             if a.kind != "dropin":
@@ -735,59 +924,65 @@ class Takeover:
             self.systemctl("daemon-reload")
 
 
+# The upstream lists are this module's defaults, the one place they are kept (the role
+# passes none); DOCUMENTATION says the same (tests/role/test_takeover_groups.py).
+ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "unit": {"type": "str", "default": "redflag-agent.service"},
+    "unit_paths": {
+        "type": "list",
+        "elements": "path",
+        "default": [
+            "/etc/systemd/system/redflag-agent.service",
+            "/usr/lib/systemd/system/redflag-agent.service",
+            "/lib/systemd/system/redflag-agent.service",
+        ],
+    },
+    "pyz": {"type": "path", "required": True},
+    "binaries": {
+        "type": "list",
+        "elements": "path",
+        "default": ["/usr/local/bin/redflag-agent", "/usr/local/bin/redflag-helper"],
+    },
+    "sudoers": {
+        "type": "list",
+        "elements": "path",
+        "default": ["/etc/sudoers.d/redflag-agent"],
+    },
+    "polkit_rules": {
+        "type": "list",
+        "elements": "path",
+        "default": ["/etc/polkit-1/rules.d/50-redflag-agent.rules"],
+    },
+    "dropin_dirs": {"type": "list", "elements": "path"},
+    "helper_files": {
+        "type": "list",
+        "elements": "path",
+        "default": [
+            "/etc/sudoers.d/redflag-agent-mint",
+            "/etc/redflag/authority_local.key",
+            "/var/lib/redflag/agent_id",
+            "/usr/local/bin/redflag-desktop",
+            "/etc/xdg/autostart/redflag-desktop.desktop",
+        ],
+    },
+    "helper_dirs": {
+        "type": "list",
+        "elements": "path",
+        "default": [
+            "/var/lib/redflag/helper",
+            "/var/lib/redflag/journal",
+            "/etc/redflag/trusted-keys",
+            "/etc/redflag/backups",
+        ],
+    },
+    "group": {"type": "str", "default": "redflag-local"},
+    "agent_user": {"type": "str", "default": "redflag-agent"},
+    "backup_root": {"type": "path", "default": "/var/lib/redflag-agent-takeover"},
+}
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "unit": {"type": "str", "default": "redflag-agent.service"},
-            "unit_paths": {
-                "type": "list",
-                "elements": "path",
-                "default": ["/etc/systemd/system/redflag-agent.service"],
-            },
-            "pyz": {"type": "path", "required": True},
-            "binaries": {
-                "type": "list",
-                "elements": "path",
-                "default": ["/usr/local/bin/redflag-agent", "/usr/local/bin/redflag-helper"],
-            },
-            "sudoers": {
-                "type": "list",
-                "elements": "path",
-                "default": ["/etc/sudoers.d/redflag-agent"],
-            },
-            "polkit_rules": {
-                "type": "list",
-                "elements": "path",
-                "default": ["/etc/polkit-1/rules.d/50-redflag-agent.rules"],
-            },
-            "dropin_dirs": {"type": "list", "elements": "path"},
-            "helper_files": {
-                "type": "list",
-                "elements": "path",
-                "default": [
-                    "/etc/sudoers.d/redflag-agent-mint",
-                    "/etc/redflag/authority_local.key",
-                    "/var/lib/redflag/agent_id",
-                    "/usr/local/bin/redflag-desktop",
-                    "/etc/xdg/autostart/redflag-desktop.desktop",
-                ],
-            },
-            "helper_dirs": {
-                "type": "list",
-                "elements": "path",
-                "default": [
-                    "/var/lib/redflag/helper",
-                    "/var/lib/redflag/journal",
-                    "/etc/redflag/trusted-keys",
-                    "/etc/redflag/backups",
-                ],
-            },
-            "group": {"type": "str", "default": "redflag-local"},
-            "agent_user": {"type": "str", "default": "redflag-agent"},
-            "backup_root": {"type": "path", "default": "/var/lib/redflag-agent-takeover"},
-        },
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     module.exit_json(**takeover(module))
 
 
@@ -803,8 +998,11 @@ def takeover(module: Any) -> dict[str, Any]:
         module.fail_json(msg=f"could not read an upstream unit file or drop-in: {exc}", changes=[])
     loaded = work.loaded()
     group = find_group(params["group"])
+    memberships = find_memberships(params["agent_user"])
     decided = plan(pieces, loaded, group, params["agent_user"], params["pyz"],
-                   backup_dev=backup_dev(params["backup_root"]))  # fmt: skip
+                   backup_dev=backup_dev(params["backup_root"]), memberships=memberships,
+                   earlier=find_earlier(params["backup_root"]))  # fmt: skip
+    gids = {m.group: m.gid for m in memberships}
     backup = None
     if needs_backup(decided):
         root = params["backup_root"]
@@ -815,7 +1013,9 @@ def takeover(module: Any) -> dict[str, Any]:
             root, backup_name(datetime.datetime.now(datetime.timezone.utc), existing)
         )
     if not module.check_mode:
-        work.run(decided, pieces, loaded, group, backup or "")
+        work.run(decided, pieces, loaded, group, backup or "", gids=gids)
+    for text in decided.warnings:
+        module.warn(text)
     result: dict[str, Any] = {
         "changed": bool(decided.actions),
         "changes": change_lines(decided, params["unit"], backup, module.check_mode),
@@ -823,13 +1023,15 @@ def takeover(module: Any) -> dict[str, Any]:
         "backup_dir": backup,
         "left_alone": list(decided.left_alone),
         "dropins": [a.target for a in decided.moves() if a.kind == "dropin"],
+        "memberships_removed": [a.target for a in decided.actions if a.op == "leave"],
     }
     if module._diff and decided.actions:
+        who = {"memberships": memberships, "agent_user": params["agent_user"]}
         result["diff"] = {
             "before_header": "upstream agent pieces",
             "after_header": "upstream agent pieces",
-            "before": diff_text(pieces, group, decided, after=False),
-            "after": diff_text(pieces, group, decided, after=True),
+            "before": diff_text(pieces, group, decided, after=False, **who),
+            "after": diff_text(pieces, group, decided, after=True, **who),
         }
     return result
 

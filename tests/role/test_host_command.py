@@ -15,7 +15,7 @@ import yaml
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
-from conftest import ROLE, load_yaml
+from conftest import MODULES, ROLE, load_source, load_yaml
 
 VARS = load_yaml(ROLE / "vars" / "main.yml")
 TASKS = ROLE / "tasks"
@@ -68,7 +68,10 @@ def test_command_is_not_an_upstream_path_the_takeover_moves():
     # be moved away on every run (no idempotence) and the host left without it.
     assert _host_task()["command_path"] == "{{ redflag_agent__command_path }}"
     path = VARS["redflag_agent__command_path"]
-    assert path not in VARS["redflag_agent__upstream_binaries"]
+    # The upstream paths are the takeover module's defaults (the role passes none).
+    module = load_source("redflag_agent_takeover", MODULES / "redflag_agent_takeover.py")
+    options = yaml.safe_load(module.DOCUMENTATION)["options"]
+    assert path not in options["binaries"]["default"] + options["helper_files"]["default"]
     assert os.path.basename(path) == "redflag-agent"
 
 

@@ -270,6 +270,7 @@ class FakeModule:
         self._diff = True
         self.loaded = loaded
         self.calls: list[list[str]] = []
+        self.warnings: list[str] = []
 
     def run_command(self, argv):
         self.calls.append(argv)
@@ -284,6 +285,9 @@ class FakeModule:
 
     def fail_json(self, msg, **_kw):
         raise Failed(msg)
+
+    def warn(self, msg):
+        self.warnings.append(msg)
 
     def actions(self):
         return [c for c in self.calls if c[:2] != ["systemctl", "show"]]

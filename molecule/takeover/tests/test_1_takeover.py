@@ -185,6 +185,33 @@ def test_check_mode_said_what_it_would_do(host):
     for path in MOVED[name]:
         assert path in text, f"{path} not named in check mode: {text}"
     assert ("would remove" in text) and (("group redflag-local" in text) is (name == "v02"))
+    assert (
+        "would remove redflag-agent from group docker "
+        "(root-equivalent; this agent does not use docker)"
+    ) in text
+
+
+def test_the_agent_user_left_docker_recorded_in_the_manifest(host):
+    """Both installers put the agent user in docker (root-equivalent); the takeover took it
+    out with gpasswd and wrote it down; our running agent holds no docker gid."""
+    docker = host.group("docker")
+    assert docker.exists, "the takeover removes the membership, never the group"
+    assert "docker" not in rfcheck.run_ok(host, "id -nG redflag-agent").split()
+    (stamp,) = _backups(host)
+    manifest = json.loads(rfcheck.run_ok(host, f"cat {BACKUP_ROOT}/{stamp}/manifest.json"))
+    assert manifest["memberships"] == [
+        {
+            "user": "redflag-agent",
+            "group": "docker",
+            "gid": docker.gid,
+            "why": "root-equivalent; this agent does not use docker",
+        }
+    ]
+    assert "gpasswd -a" in manifest["restore"]
+    pid = rfcheck.unit_props(host, "MainPID")["MainPID"]
+    status = rfcheck.run_ok(host, f"cat /proc/{pid}/status")
+    groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+    assert str(docker.gid) not in groups.split()[1:], groups
 
 
 def test_no_dropin_left_on_our_unit_and_no_privileged_copy(host):
@@ -213,6 +240,7 @@ def test_the_report_names_the_dropins_never_their_values(host):
     if name == "v02":
         assert f"drop-in {DROPIN} (sets NoNewPrivileges, Environment, ProtectSystem)" in log
         assert f"{AGENT_BIN} (file capabilities dropped on the kept copy)" in log
-        assert f"helper directory {HELPER_STATE}" in log
+        # Moved whole, not "removed (copies in ...)".
+        assert re.search(rf"would move [^;]*helper directory {HELPER_STATE}[^;]* to ", log)
     else:
         assert f"drop-in {PREFIX_DROPIN} (sets MemoryMax)" in log
