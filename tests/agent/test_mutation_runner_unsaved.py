@@ -458,6 +458,13 @@ def bearers(fake_server):
 def test_registered_but_unsaved_checks_in_from_memory_and_says_it_is_lost(
         tmp_root, fake_server, clock, disk, caplog):
     run, term = start(tmp_root, fake_server, clock, stop_after=1)
+    during = []
+
+    def checkin(_seen):
+        during.append(read_state(tmp_root))
+        return 200, {"commands": []}
+
+    fake_server.on("GET", CMDS, checkin)
     written = tmp_root.config_file.read_bytes()
     with caplog.at_level(logging.INFO):
         assert run.run() == EX_OK
@@ -470,6 +477,11 @@ def test_registered_but_unsaved_checks_in_from_memory_and_says_it_is_lost(
         f"{unsaved}; checking in with the identity in memory and retrying the save before "
         "check-ins, backing off up to 6 s between tries"))
     assert msgs[-1][1].startswith(f"stopping with the identity of agent {AID} still unsaved")
+    # what status.json said while the agent checked in with the identity in memory
+    assert [d["identity_unsaved"] for d in during] == [unsaved_status()]
+    assert during[0]["last_error"] == (
+        f"{NOW} registration: identity of agent {AID} not saved to {tmp_root.config_file}: "
+        f"{ENOSPC}")
     # tried: at registration, then once more at stop (the first retry was not due yet)
     assert disk.calls == 2
     state = read_state(tmp_root)
