@@ -221,7 +221,7 @@ def test_save_retries_follow_the_backoff_until_the_space_is_back(runner, tmp_roo
 @pytest.mark.parametrize(("error", "reason"), [
     (OSError(28, ENOSPC), ENOSPC),
     (OSError("plain words"), "plain words"),
-    (c.ConfigError(f"refusing to write through a symlink: {'config.json'}"),
+    (c.ConfigError("refusing to write through a symlink: config.json"),
      "refusing to write through a symlink: config.json"),
 ])
 def test_save_failure_reason_in_log_and_status(runner, tmp_root, disk, caplog, *, error,
@@ -390,7 +390,7 @@ def test_stale_attempt_beside_a_saved_identity_is_removed(runner, tmp_root, capl
     with caplog.at_level(logging.INFO):
         runner._drop_stale_attempt()
     assert r.read_attempt(tmp_root) is None
-    assert [m for m in caplog.messages] == [
+    assert caplog.messages == [
         "the registration started at 2026-01-01T00:00:00Z finished (the identity is saved); "
         "removed its record"]
 
