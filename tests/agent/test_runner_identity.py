@@ -54,6 +54,15 @@ def registered(url, **extra):
             "refresh_token": "REFRESH", **extra}
 
 
+def _holds(predicate) -> bool:
+    """predicate(), where a config.json caught mid-swap (read_config refuses the replaced,
+    unlinked file it opened) means "not yet"."""
+    try:
+        return bool(predicate())
+    except c.ConfigError:
+        return False
+
+
 def run_until(paths, predicate, timeout=15.0):
     """Run in a thread; stop it once predicate() holds (or at timeout: a start that should
     have stopped by itself then ends with 0 and fails the test). -> exit code."""
@@ -63,7 +72,7 @@ def run_until(paths, predicate, timeout=15.0):
         "code", Runner(paths, LOG, term).run()), daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while thread.is_alive() and time.monotonic() < deadline and not predicate():
+    while thread.is_alive() and time.monotonic() < deadline and not _holds(predicate):
         time.sleep(0.02)
     term.request_stop()
     thread.join(timeout)
