@@ -1,8 +1,9 @@
 """systemd properties as the modules read them: `systemctl show UNIT -p A -p B`, parsed.
 
-Shared by redflag_agent_service (the unit's state and the outcome),
-redflag_agent_takeover (whether the loaded unit is upstream's, the drop-ins it sets aside) and
-redflag_agent_dropins (the drop-ins on our unit, judged by judge_dropin).
+Shared by redflag_agent_service (the unit's state and the outcome), redflag_agent_takeover
+(whether the loaded unit is upstream's, the drop-ins it sets aside) and module_utils
+redflag_agent_dropins (the drop-ins on our unit, judged by judge_dropin before the service
+module acts).
 """
 
 from __future__ import annotations

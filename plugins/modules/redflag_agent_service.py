@@ -1,9 +1,13 @@
 #!/usr/bin/python
 """Ansible module: bring the service to its state, then wait for and classify the outcome.
 
-`plan()` (pure) picks the systemctl actions: daemon-reload when the unit changed, enable,
-restart when the artifact, config or unit changed, start when the agent can do something
-(registered, or a token was just embedded). Then it polls `status --json` and
+First, before any systemctl action (and in check mode), the drop-ins on the unit are judged
+(module_utils/redflag_agent_dropins.check): one that would undo the hardened unit fails the
+call, harmless ones are warnings. Folded in here rather than a module task of its own: each
+module task costs every host a round trip. Then `plan()` (pure) picks the systemctl
+actions: daemon-reload when the unit changed, enable, restart when the artifact, config or
+unit changed, start when the agent can do something (registered, or a token was just
+embedded). Then it polls `status --json` and
 `systemctl show` until the outcome is final and classifies it with `decide()` (pure). With
 `require_checkin` (site.yml's health gate) a (re)started agent is healthy only once it has
 checked in after that start (`gate_checkin()`, pure). A failed outcome is returned, not
@@ -17,6 +21,14 @@ DOCUMENTATION = r"""
 module: redflag_agent_service
 short_description: Apply the RedFlag agent's service state and classify the outcome
 description:
+  - First, with I(check_dropins), judges the systemd drop-ins of I(unit) (from
+    C(systemctl show -p DropInPaths) and the drop-in directories on disk, those systemd has
+    not loaded yet too), before any systemctl action and in check mode as well. One that sets
+    anything but description, ordering, resource, timeout, logging or [Install] directives
+    (C(ExecStart), C(User), C(NoNewPrivileges), C(Environment), C(ProtectSystem),
+    C(Restart), an unknown directive), one a non-root user can write, or a symlink fails the
+    task with C(outcome.status=failed), naming the file and the directives (never their
+    values) and what to do next; nothing is run or changed. A harmless one is a warning.
   - Runs C(systemctl daemon-reload), C(enable), C(restart) or C(start) as needed (check mode
     only reports them).
   - Then, with I(verify), polls C(python3 -I PYZ status --json) and C(systemctl show UNIT) until
@@ -87,6 +99,27 @@ options:
     description: Clear the unit's failed state and start counter before restarting (a rollback).
     type: bool
     default: false
+  check_dropins:
+    description:
+      - Judge the drop-ins on I(unit) first and fail, before any systemctl action, on one that
+        would undo the hardened unit. Only reads; never follows a symlink.
+    type: bool
+    default: true
+  dropins_ignore:
+    description:
+      - Drop-ins the takeover sets aside in this run (in check mode they are still there).
+    type: list
+    elements: path
+    default: []
+  dropin_dirs:
+    description:
+      - Drop-in directories to look in besides what systemd reports.
+      - Default, the unit's own, dash-prefix and type-wide (C(service.d)) directories under
+        /etc/systemd/system.control, /run/systemd/system.control, /etc/systemd/system,
+        /run/systemd/system, /usr/local/lib/systemd/system, /usr/lib/systemd/system and
+        /lib/systemd/system.
+    type: list
+    elements: path
 author:
   - redflag-provision developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -95,7 +128,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reports the systemctl actions it would run; the outcome is C(unverified).
+    details:
+      - Reports the systemctl actions it would run; the outcome is C(unverified).
+      - The drop-in check runs (it only reads) and fails the task as without check mode.
   diff_mode:
     support: none
   platform:
@@ -111,6 +146,8 @@ EXAMPLES = r"""
     restart: "{{ config is changed }}"
     should_run: "{{ config.status.registered or config.token_embedded }}"
     token_embedded: "{{ config.token_embedded }}"
+    # The drop-ins the takeover set aside in this run are not judged again.
+    dropins_ignore: "{{ takeover.dropins | default([]) }}"
   register: service
 
 - name: Fail unless the agent registered (waiting for a token passes)
@@ -142,6 +179,17 @@ outcome:
       last_checkin; seconds is the time from the systemctl actions to the outcome.
   type: dict
   returned: always
+dropins:
+  description:
+    - Every drop-in found on the unit, with its verdict (fail, warn, ignore) and why; empty
+      without I(check_dropins).
+  type: list
+  elements: dict
+  returned: always
+  sample:
+    - path: /etc/systemd/system/redflag-agent.service.d/limits.conf
+      verdict: warn
+      why: sets only MemoryMax (ordering, resources, timeouts or logging)
 """
 
 import calendar
@@ -155,7 +203,13 @@ from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_cli im
     run_agent,
     status_answer,
 )
-from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import show
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_dropins import (
+    check as check_dropins,
+)
+from ansible_collections.redflag.agent.plugins.module_utils.redflag_agent_systemd import (
+    dropin_paths,
+    show,
+)
 
 UNIT_PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
 STATE_PROPS = (
@@ -448,6 +502,9 @@ def main() -> None:
             "host": {"type": "str", "default": "this host"},
             "require_checkin": {"type": "bool", "default": False},
             "reset_failed": {"type": "bool", "default": False},
+            "check_dropins": {"type": "bool", "default": True},
+            "dropins_ignore": {"type": "list", "elements": "path", "default": []},
+            "dropin_dirs": {"type": "list", "elements": "path"},
         },
         supports_check_mode=True,
     )
@@ -464,10 +521,35 @@ def main() -> None:
         )
 
 
-def run(module: AnsibleModule) -> None:
-    """Apply the actions, wait for the outcome; exits through module.exit_json/fail_json."""
+def dropin_gate(module: AnsibleModule, unit_state: dict[str, str]) -> list[dict[str, str]]:
+    """The drop-ins on the unit, judged; a failing one fails the call in the outcome shape
+    (before any systemctl action: the caller runs this first), harmless ones are warnings."""
     p = module.params
-    unit_state = show(module, p["unit"], STATE_PROPS)
+    # .get: AnsibleModule always sets it (default true); hand-built params may omit it.
+    if not p.get("check_dropins"):
+        return []
+    dropins, reason, warnings = check_dropins(
+        p["unit"], dropin_paths(unit_state), p.get("dropin_dirs"), p.get("dropins_ignore") or ()
+    )
+    if reason:
+        module.fail_json(
+            msg=outcome_message(p["host"], "failed", reason),
+            actions=[],
+            outcome={"status": "failed", "reason": reason},
+            dropins=dropins,
+        )
+    for text in warnings:
+        module.warn(text)
+    return dropins
+
+
+def run(module: AnsibleModule) -> None:
+    """Judge the drop-ins, apply the actions, wait for the outcome; exits through
+    module.exit_json/fail_json."""
+    p = module.params
+    # DropInPaths in the same `systemctl show`: the drop-in check costs no extra call.
+    unit_state = show(module, p["unit"], STATE_PROPS + ("DropInPaths",))
+    dropins = dropin_gate(module, unit_state)
     watched = watched_paths(p["current"], p["unit_path"], p["migrate_unit_path"])
     stale = is_stale(started_at(unit_state), newest_change(watched))
     should_run = p["should_run"]
@@ -493,7 +575,7 @@ def run(module: AnsibleModule) -> None:
             else "redflag_agent_verify is false; next: nothing (the outcome is not checked)"
         )  # fmt: skip
         module.exit_json(
-            changed=bool(actions), actions=actions,
+            changed=bool(actions), actions=actions, dropins=dropins,
             outcome={"status": "unverified", "reason": why},
             msg=outcome_message(p["host"], "unverified", why),
         )  # fmt: skip
@@ -530,7 +612,7 @@ def run(module: AnsibleModule) -> None:
     if state == "waiting-for-token":
         module.warn(f"{p['host']}: {WAITING_REASON}")
     module.exit_json(
-        changed=bool(actions), actions=actions, outcome=outcome,
+        changed=bool(actions), actions=actions, outcome=outcome, dropins=dropins,
         msg=outcome_message(p["host"], state, reason),
     )  # fmt: skip
 

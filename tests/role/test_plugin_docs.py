@@ -49,8 +49,8 @@ def filter_docs() -> dict:
     return ansible_doc("filter", sorted(FILTER_FUNCS))
 
 
-def test_the_collection_has_seven_modules_and_fifteen_filters():
-    assert len(MODULE_NAMES) == 7 and len(FILTER_FUNCS) == 15  # validate: the action plugin's docs
+def test_the_collection_has_six_modules_and_fifteen_filters():
+    assert len(MODULE_NAMES) == 6 and len(FILTER_FUNCS) == 15  # validate: the action plugin's docs
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)

@@ -1,5 +1,6 @@
 """Drop-ins, 0.2.x helper state and privileged bits in the takeover, and the service phase's
-drop-in check: the rule (pure tables), then both modules over a temporary tree."""
+drop-in check: the rule (pure tables), then the takeover and the service module (which runs
+the check first, in its one call) over a temporary tree."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from ansible_collections.redflag.agent.plugins.module_utils import (
     redflag_agent_systemd as sd,
 )
 
-from conftest import MODULES, load_source
+from conftest import FILTERS, MODULES, load_source
 
 tk = load_source("redflag_agent_takeover", MODULES / "redflag_agent_takeover.py")
-dm = load_source("redflag_agent_dropins", MODULES / "redflag_agent_dropins.py")
+sv = load_source("redflag_agent_service", MODULES / "redflag_agent_service.py")
+fleet = load_source("redflag_fleet", FILTERS / "redflag_fleet.py")
 
 PYZ = "/opt/redflag-agent/current/redflag-agent.pyz"
 UNIT = "redflag-agent.service"
@@ -129,25 +131,39 @@ class Failed(Exception):
     pass
 
 
-class FakeModule:
-    """What both modules use of AnsibleModule; `systemctl show` answers with `props`."""
+class Exited(Exception):
+    pass
 
-    def __init__(self, params, check=False, props=None):
+
+class FakeModule:
+    """What both modules use of AnsibleModule; `systemctl show` answers with `props`, the
+    agent's `status --json` with `status`."""
+
+    def __init__(self, params, check=False, props=None, status=None):
         self.params = params
         self.check_mode = check
         self._diff = True
         self.props = props or {}
+        self.status = status or {}
         self.calls: list[list[str]] = []
         self.warnings: list[str] = []
+        self.result: dict = {}
 
-    def run_command(self, argv):
+    def run_command(self, argv, **_kw):
         self.calls.append(argv)
         if argv[:2] == ["systemctl", "show"]:
             return 0, "".join(f"{k}={v}\n" for k, v in self.props.items()), ""
+        if argv[-2:] == ["status", "--json"]:
+            return 0, json.dumps(self.status), ""
         return 0, "", ""
 
-    def fail_json(self, msg, **_kw):
+    def fail_json(self, msg, **kw):
+        self.result = {"msg": msg, "failed": True, **kw}
         raise Failed(msg)
+
+    def exit_json(self, **kw):
+        self.result = kw
+        raise Exited
 
     def warn(self, msg):
         self.warnings.append(msg)
@@ -351,20 +367,57 @@ def test_a_helper_directory_swapped_before_the_move_is_not_moved(tree, monkeypat
     assert helper.is_symlink() and (tree / "etc/redflag").is_dir()
 
 
-# ---- the service phase's drop-in check ----------------------------------------------------
+# ---- the service phase's drop-in check, in redflag_agent_service's one call ---------------
+
+HOST = "web-1"
+# The unit as it is once the role installed it: enabled, running, nothing pending.
+RUNNING = {"ActiveState": "active", "SubState": "running", "UnitFileState": "enabled",
+           "NeedDaemonReload": "no", "ExecMainPID": "0", "ExecMainStatus": "0", "NRestarts": "0"}
+REGISTERED = {"registered": True, "agent_id": "a-1", "last_error": None}
 
 
-def check_params(tree: Path, ignore=()) -> dict:
+def check_params(tree: Path, ignore=(), **over) -> dict:
     bases = (str(tree / "etc/systemd/system"), str(tree / "run/systemd/system"))
-    return {"unit": UNIT, "dropin_dirs": sd.dropin_dirs(UNIT, True, bases),
-            "ignore": list(ignore)}  # fmt: skip
+    return {
+        "python": "/usr/bin/python3", "pyz": PYZ, "unit": UNIT, "daemon_reload": False,
+        "restart": True, "should_run": True, "current": str(tree / "no-current"),
+        "unit_path": str(tree / "no-unit"), "migrate_unit_path": None, "verify": False,
+        "token_embedded": False, "retries": 1, "delay": 0, "host": HOST,
+        "require_checkin": False, "reset_failed": False, "check_dropins": True,
+        "dropins_ignore": list(ignore), "dropin_dirs": sd.dropin_dirs(UNIT, True, bases),
+        **over,
+    }  # fmt: skip
+
+
+def service(module: FakeModule) -> dict:
+    """redflag_agent_service.run; its result when it exits, Failed when it fails."""
+    with pytest.raises(Exited):
+        sv.run(module)
+    return module.result
+
+
+def failing(module: FakeModule) -> str:
+    """The reason a failing run gives, checked to be in the module's outcome shape."""
+    with pytest.raises(Failed):
+        sv.run(module)
+    result = module.result
+    reason = result["outcome"]["reason"]
+    assert result["outcome"] == {"status": "failed", "reason": reason}
+    assert result["msg"] == sv.outcome_message(HOST, "failed", reason)
+    assert result["actions"] == [] and module.actions() == [], "acted before the check"
+    what, advice = fleet.split_next(reason)
+    assert advice.startswith("move each file out of the drop-in directory"), advice
+    assert "run `systemctl daemon-reload` and re-run the play" in advice
+    assert fleet.outcome_line(HOST, "failed", reason) == f"{HOST}: failed: {what}; next: {advice}"
+    assert [d for d in result["dropins"] if d["verdict"] == FAIL]
+    return reason
 
 
 def test_harmless_dropins_are_warnings(tree):
     limits = write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
     write(tree / f"etc/systemd/system/{UNIT}.d/notes.txt", OVERRIDE)  # not *.conf: not read
-    module = FakeModule(check_params(tree))
-    result = dm.check(module)
+    module = FakeModule(check_params(tree, restart=False, should_run=False), props=RUNNING)
+    result = service(module)
     assert result["changed"] is False
     assert result["dropins"] == [{"path": str(limits), "verdict": WARN, "why":
                                   "sets only After, CPUQuota, MemoryMax (ordering, resources, "
@@ -374,24 +427,83 @@ def test_harmless_dropins_are_warnings(tree):
     assert module.actions() == []
 
 
+def test_harmless_dropins_do_not_stop_the_restart_and_the_outcome_carries_them(tree):
+    write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
+    module = FakeModule(check_params(tree, verify=True), props=RUNNING, status=REGISTERED)
+    result = service(module)
+    assert (result["outcome"]["status"], result["actions"]) == ("registered", ["restart"])
+    assert [d["verdict"] for d in result["dropins"]] == [WARN]
+    assert ["systemctl", "restart", UNIT] in module.calls and len(module.warnings) == 1
+
+
 def test_a_dropin_that_undoes_the_hardening_fails_naming_file_and_fix(tree):
     write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
     bad = write(tree / "run/systemd/system/service.d/override.conf", OVERRIDE)
-    with pytest.raises(Failed) as err:
-        dm.check(FakeModule(check_params(tree)))
-    msg = str(err.value)
+    module = FakeModule(check_params(tree), props=RUNNING)
+    msg = failing(module)
     assert f"{bad}: sets Environment, ExecStart, NoNewPrivileges, User" in msg
     assert "mv FILE /root/" in msg and "systemctl daemon-reload" in msg
     assert "limits.conf" not in msg and SECRET not in msg
+    assert SECRET not in json.dumps(module.result)
+    assert module.warnings == [], "a failing run warns about nothing"
+
+
+def test_the_check_runs_before_any_systemctl_action(tree, monkeypatch):
+    """Order, on a passing run: the check, then daemon-reload/enable/restart; on a failing
+    one, nothing but the read-only `systemctl show` ran."""
+    write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
+    props = {**RUNNING, "UnitFileState": "disabled", "NeedDaemonReload": "yes"}
+    module = FakeModule(check_params(tree, daemon_reload=True), props=props)
+    real = sv.check_dropins
+
+    def noted(*args, **kwargs):
+        module.calls.append(["<drop-in check>"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sv, "check_dropins", noted)
+    assert service(module)["actions"] == ["daemon-reload", "enable", "restart"]
+    assert [c[:2] for c in module.calls] == [
+        ["systemctl", "show"], ["<drop-in check>"], ["systemctl", "daemon-reload"],
+        ["systemctl", "enable"], ["systemctl", "restart"]]  # fmt: skip
+    assert "DropInPaths" in module.calls[0], "the check's systemd list comes with the state"
+
+    write(tree / f"etc/systemd/system/{UNIT}.d/user.conf", "[Service]\nUser=root\n")
+    again = FakeModule(check_params(tree, daemon_reload=True), props=props)
+    failing(again)
+    assert [c[:2] for c in again.calls] == [["systemctl", "show"]]
+
+
+def test_check_mode_fails_on_a_bad_dropin_and_touches_nothing(tree):
+    bad = write(tree / f"etc/systemd/system/{UNIT}.d/override.conf", OVERRIDE)
+    before = {p: (p.stat().st_mtime_ns, p.read_text()) for p in tree.rglob("*") if p.is_file()}
+    props = {**RUNNING, "UnitFileState": "disabled", "NeedDaemonReload": "yes"}
+    module = FakeModule(check_params(tree, daemon_reload=True), check=True, props=props)
+    msg = failing(module)
+    assert f"{bad}: sets Environment, ExecStart, NoNewPrivileges, User" in msg
+    assert [c[:2] for c in module.calls] == [["systemctl", "show"]]
+    after = {p: (p.stat().st_mtime_ns, p.read_text()) for p in tree.rglob("*") if p.is_file()}
+    assert after == before
+    # Without the bad one, check mode reports what it would do, the drop-ins with it.
+    bad.unlink()
+    ok = FakeModule(check_params(tree, daemon_reload=True), check=True, props=props)
+    result = service(ok)
+    assert result["actions"] == ["daemon-reload", "enable", "restart"] and ok.actions() == []
+    assert (result["outcome"]["status"], result["dropins"]) == ("unverified", [])
+
+
+def test_check_dropins_off_skips_the_check(tree):
+    write(tree / f"etc/systemd/system/{UNIT}.d/override.conf", OVERRIDE)
+    module = FakeModule(check_params(tree, check_dropins=False), props=RUNNING)
+    result = service(module)
+    assert (result["dropins"], result["actions"]) == ([], ["restart"])
 
 
 def test_dropins_systemd_reports_are_judged_too_and_ignored_ones_skipped(tree):
     loaded = write(tree / "elsewhere/50-user.conf", "[Service]\nUser=root\n")
-    module = FakeModule(check_params(tree), props={"DropInPaths": str(loaded)})
-    with pytest.raises(Failed, match=r"50-user.conf: sets User"):
-        dm.check(module)
-    result = dm.check(FakeModule(check_params(tree, ignore=[str(loaded)]),
-                                 props={"DropInPaths": str(loaded)}))  # fmt: skip
+    module = FakeModule(check_params(tree), props={**RUNNING, "DropInPaths": str(loaded)})
+    assert "50-user.conf: sets User" in failing(module)
+    result = service(FakeModule(check_params(tree, ignore=[str(loaded)]),
+                                props={**RUNNING, "DropInPaths": str(loaded)}))  # fmt: skip
     assert result["dropins"] == []
 
 
@@ -399,18 +511,36 @@ def test_a_symlinked_dropin_or_directory_fails(tree):
     target = write(tree / "var/lib/redflag-agent/x.conf", LIMITS)
     link = tree / "etc/systemd/system/redflag-.service.d"
     link.symlink_to(target.parent)
-    with pytest.raises(Failed) as err:
-        dm.check(FakeModule(check_params(tree)))
-    assert f"{link}: a symlink to {target.parent}: systemd reads through it" in str(err.value)
+    msg = failing(FakeModule(check_params(tree), props=RUNNING))
+    assert f"{link}: a symlink to {target.parent}: systemd reads through it" in msg
     link.unlink()
     (tree / f"etc/systemd/system/{UNIT}.d").mkdir()
     (tree / f"etc/systemd/system/{UNIT}.d/x.conf").symlink_to(target)
-    with pytest.raises(Failed, match=f"x.conf: a symlink to {target}"):
-        dm.check(FakeModule(check_params(tree)))
+    assert f"x.conf: a symlink to {target}" in failing(FakeModule(check_params(tree),
+                                                                  props=RUNNING))  # fmt: skip
 
 
 def test_a_dropin_the_agent_user_can_write_fails(tree):
     path = write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
     os.chown(path, 997, 0)
-    with pytest.raises(Failed, match="owned by uid 997"):
-        dm.check(FakeModule(check_params(tree)))
+    assert "owned by uid 997" in failing(FakeModule(check_params(tree), props=RUNNING))
+
+
+def test_an_unreadable_dropin_fails_and_a_vanished_one_is_skipped(tree, monkeypatch):
+    from ansible_collections.redflag.agent.plugins.module_utils import (
+        redflag_agent_dropins as du,
+    )
+
+    gone = str(tree / "run/systemd/system/gone.conf")
+    path = write(tree / f"etc/systemd/system/{UNIT}.d/limits.conf", LIMITS)
+    real = du.read_dropin
+
+    def denied(p):
+        if p == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real(p)
+
+    monkeypatch.setattr(du, "read_dropin", denied)
+    msg = failing(FakeModule(check_params(tree), props={**RUNNING, "DropInPaths": gone}))
+    assert f"{path}: unreadable ([Errno 13] Permission denied)" in msg
+    assert "gone.conf" not in msg
