@@ -525,11 +525,10 @@ def dropin_gate(module: AnsibleModule, unit_state: dict[str, str]) -> list[dict[
     """The drop-ins on the unit, judged; a failing one fails the call in the outcome shape
     (before any systemctl action: the caller runs this first), harmless ones are warnings."""
     p = module.params
-    # .get: AnsibleModule always sets it (default true); hand-built params may omit it.
-    if not p.get("check_dropins"):
+    if not p["check_dropins"]:
         return []
     dropins, reason, warnings = check_dropins(
-        p["unit"], dropin_paths(unit_state), p.get("dropin_dirs"), p.get("dropins_ignore") or ()
+        p["unit"], dropin_paths(unit_state), p["dropin_dirs"], p["dropins_ignore"]
     )
     if reason:
         module.fail_json(

@@ -11,7 +11,8 @@ user is in it. The agent's own files (config, state, the loop's litter) are the 
 Drop-ins: they are applied to whatever unit carries the name, ours too, so the drop-ins found
 while upstream's unit is taken over are upstream's and go into the backup with it (each named
 with the directives it sets, never their values). Drop-ins found when the unit is already ours
-are the operator's: left for the service phase (redflag_agent_dropins) to judge.
+are the operator's: left for the service phase (redflag_agent_service judges them before
+any systemctl action).
 
 Upstream 0.2.x's helper (read from upstream's installers; it runs as a transient unit through
 `systemd-run`, so it has no unit, socket or tmpfiles entry of its own) leaves: the binary, the
@@ -63,7 +64,7 @@ description:
     user's primary group.
   - Moves the drop-ins of I(unit) (I(dropin_dirs)) into the backup when upstream's unit is
     taken over; drop-ins found when the unit is already ours are left (the service phase's
-    M(redflag.agent.redflag_agent_dropins) judges them).
+    M(redflag.agent.redflag_agent_service) judges them before any (re)start).
   - Moves upstream's helper files (I(helper_files)) and, with rename(2), its state directories
     (I(helper_dirs)) into the backup.
   - Removes I(agent_user) from the group C(docker) (root-equivalent; upstream's installers add

@@ -112,7 +112,8 @@ class FakeModule:
             "current": "/nonexistent/current", "unit_path": "/nonexistent/unit",
             "migrate_unit_path": None, "verify": True, "token_embedded": False,
             "retries": 1, "delay": 0, "host": "web-1", "require_checkin": False,
-            "reset_failed": False, **params,
+            "reset_failed": False, "check_dropins": False, "dropins_ignore": [],
+            "dropin_dirs": [], **params,
         }  # fmt: skip
         self.check_mode = False
         self.status, self.props = status, props
