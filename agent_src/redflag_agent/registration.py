@@ -94,11 +94,12 @@ def host_facts() -> dict[str, str]:
     fields: dict[str, str] = {}
     try:
         with open("/etc/os-release", encoding="utf-8") as fh:
-            fields = dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line)
+            # stripped whole: a CRLF or trailing blank would keep the value's quotes
+            fields = dict(line.strip().split("=", 1) for line in fh if "=" in line)
         pretty = fields.get("PRETTY_NAME", "").strip('"')
         if pretty:
             os_version = pretty
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # not UTF-8: the kernel's facts still do
         pass
     facts = {
         "hostname": socket.gethostname() or uname.nodename,

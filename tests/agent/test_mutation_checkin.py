@@ -631,3 +631,230 @@ def test_rotated_tokens_not_written_over_a_re_enrolled_refresh_token(tmp_root):
                        on_disk=on_disk)
     agent.renew()
     assert c.read_config(tmp_root.config_file) == on_disk
+
+
+# --- metrics from fixed /proc and statvfs figures (the whole-file run's survivors) ---------
+class FakeHost:
+    """/proc/stat, /proc/meminfo, /proc/uptime and statvfs("/") as the test says."""
+
+    def __init__(self, monkeypatch, tmp_path):
+        self.dir = tmp_path / "proc"
+        self.dir.mkdir()
+        self.vfs = (3_000_000, 4096, 1_000_000)  # f_blocks, f_frsize, f_bavail
+        real_open = open
+        files = {"/proc/stat": "stat", "/proc/meminfo": "meminfo", "/proc/uptime": "uptime"}
+
+        def fake_open(path, *a, **k):
+            name = files.get(path) if isinstance(path, str) else None
+            return real_open(self.dir / name if name else path, *a, **k)
+
+        def statvfs(path):
+            assert path == "/"
+            blocks, frsize, bavail = self.vfs
+            return type("VFS", (), {"f_blocks": blocks, "f_frsize": frsize,
+                                    "f_bavail": bavail})()
+
+        monkeypatch.setattr("builtins.open", fake_open)
+        monkeypatch.setattr(ck.os, "statvfs", statvfs)
+        self.write(stat="cpu  10 20 30 400 50 6 7 8 0 0\n",
+                   meminfo="MemTotal: 100000000 kB\nMemFree: 1 kB\nMemAvailable: 25000000 kB\n",
+                   uptime="12345.67 999.00\n")
+
+    def write(self, **files):
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
+
+
+@pytest.fixture()
+def fake_host(monkeypatch, tmp_path):
+    return FakeHost(monkeypatch, tmp_path)
+
+
+def test_host_metrics_exact_from_fixed_figures(fake_host):
+    # cpu: idle 400+50 of 531 now, 400 of 431 before: 50 idle of 100 ticks
+    metrics, cur = ck.host_metrics((400, 431))
+    assert cur == (450, 531)
+    # disk: 12.288e9 bytes, 4.096e9 free; memory: 95.37 GiB, a quarter available
+    assert metrics == {"cpu_percent": 50.0,
+                       "memory_total_gb": 95.37, "memory_used_gb": 71.53,
+                       "memory_percent": 75.0,
+                       "disk_total_gb": 11.44, "disk_used_gb": 7.63, "disk_percent": 66.7,
+                       "uptime": 12345}
+
+
+def test_host_metrics_empty_filesystem_is_zero_percent(fake_host):
+    fake_host.vfs = (0, 4096, 0)
+    metrics, _ = ck.host_metrics(None)
+    assert (metrics["disk_total_gb"], metrics["disk_used_gb"], metrics["disk_percent"]) == (
+        0.0, 0.0, 0.0)
+
+
+def test_cpu_sample_with_iowait_as_the_last_column(fake_host):
+    fake_host.write(stat="cpu  10 20 30 400 50\n")  # exactly five columns: iowait counts
+    assert ck._cpu_sample() == (450, 510)
+
+
+@pytest.mark.parametrize(("prev", "cur", "expect"), [
+    ((0, 0), (1, 3), 66.7),  # one decimal, not a whole number, not two decimals
+    ((200, 1000), (100, 1100), 100.0),  # idle went back (counter reset): never above 100
+])
+def test_cpu_percent_rounding_and_ceiling(prev, cur, expect):
+    assert ck.cpu_percent(prev, cur) == expect
+
+
+@pytest.mark.parametrize(("text", "expect"), [
+    ("MemTotal: 2097152\nMemAvailable: 1048576\n",  # no unit column: still read
+     {"memory_total_gb": 2.0, "memory_used_gb": 1.0, "memory_percent": 50.0}),
+    ("MemTotal: 10 kB\n",  # neither MemAvailable nor MemFree: nothing available
+     {"memory_total_gb": 0.0, "memory_used_gb": 0.0, "memory_percent": 100.0}),
+    ("MemTotal: 1 kB\nMemAvailable: 2 kB\n",  # more available than total: none used
+     {"memory_total_gb": 0.0, "memory_used_gb": 0.0, "memory_percent": 0.0}),
+    ("MemTotal: 100000000 kB\nMemAvailable: 25000000 kB\n",  # kB are 1024 bytes
+     {"memory_total_gb": 95.37, "memory_used_gb": 71.53, "memory_percent": 75.0}),
+    ("MemTotal: 2097152 kB\nMemFreeX: 2097152 kB\n",  # only the exact key counts
+     {"memory_total_gb": 2.0, "memory_used_gb": 2.0, "memory_percent": 100.0}),
+])
+def test_parse_meminfo_edges(text, expect):
+    assert ck.parse_meminfo(text) == expect
+
+
+def test_first_check_in_measures_cpu_since_the_agent_started(fake_host, tmp_root):
+    fake_host.write(stat="cpu  10 20 1 400 0\n")  # sampled by Agent(): idle 400 of 431
+    agent = stub_agent(tmp_root, StubClient())
+    fake_host.write(stat="cpu  10 20 30 400 50 6 7 8 0 0\n")
+    assert agent.metrics_body()["cpu_percent"] == 50.0
+    assert agent._cpu == (450, 531)
+
+
+# --- renewal and refusals inside a check-in --------------------------------------------------
+class SeqClient(StubClient):
+    """A StubClient whose check_in answers one after the other."""
+
+    def __init__(self, check_ins, **kwargs):
+        super().__init__(check_in=lambda *_a: self._next(), **kwargs)
+        self.check_ins = list(check_ins)
+
+    def _next(self):
+        answer = self.check_ins.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def test_authed_renews_once_on_401_and_says_so(tmp_root, caplog):
+    from redflag_agent.client import Renewal, Unauthorized  # noqa: PLC0415
+
+    client = SeqClient([Unauthorized("expired"), {"commands": []}],
+                       renew=Renewal("NEW-JWT", None))
+    agent = stub_agent(tmp_root, client)
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        assert agent.check_in_once() == []
+    assert [call[:3] for call in client.calls] == [
+        ("check_in", AID, "OLD-JWT"), ("renew", AID, "REFRESH-1"), ("check_in", AID, "NEW-JWT")]
+    assert caplog.messages == ["access token refused (401); renewing",
+                               f"access token renewed for agent {AID}"]
+
+
+def test_authed_401_after_a_fresh_renewal_is_a_server_error(tmp_root):
+    from redflag_agent.client import Renewal, ServerError, Unauthorized  # noqa: PLC0415
+
+    client = SeqClient([Unauthorized("expired"), Unauthorized("still no")],
+                       renew=Renewal("NEW-JWT", None))
+    with pytest.raises(ServerError) as got:
+        stub_agent(tmp_root, client).check_in_once()
+    assert (got.value.status, got.value.message, str(got.value)) == (
+        401, "refused even after a fresh renewal: still no",
+        "server error 401: refused even after a fresh renewal: still no")
+
+
+def test_binding_refused_after_a_renewal_names_this_agent(tmp_root):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import MISMATCH, BindingRefused, Renewal, Unauthorized  # noqa: PLC0415
+
+    exc = BindingRefused(MISMATCH, "machine id mismatch")
+    client = SeqClient([Unauthorized("expired"), exc], renew=Renewal("NEW-JWT", None))
+    with pytest.raises(binding.Refused) as got:
+        stub_agent(tmp_root, client).check_in_once()
+    assert str(got.value) == str(binding.binding_refusal(exc, AID, "f" * 32))
+
+
+def test_binding_refused_renewal_names_this_agent(tmp_root):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import NOT_BOUND, BindingRefused  # noqa: PLC0415
+
+    exc = BindingRefused(NOT_BOUND, "agent not bound")
+    with pytest.raises(binding.Refused) as got:
+        stub_agent(tmp_root, StubClient(renew=exc)).renew()
+    want = binding.binding_refusal(exc, AID, "f" * 32)
+    assert (str(got.value), got.value.exit_code) == (str(want), want.exit_code)
+
+
+def test_upgrade_required_at_check_in(tmp_root):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import UpgradeRequired  # noqa: PLC0415
+
+    exc = UpgradeRequired("too old", "0.1.0", "0.2.0")
+    with pytest.raises(binding.Refused) as got:
+        stub_agent(tmp_root, StubClient(check_in=exc)).check_in_once()
+    assert str(got.value) == str(binding.upgrade_refusal(exc))
+    assert "0.2.0 or newer (too old)" in str(got.value)
+
+
+@pytest.mark.parametrize(("message", "detail"), [
+    ("agent deleted", "agent deleted"),
+    ("", "not found (404): no reason given"),
+])
+def test_check_in_404_message_exact(tmp_root, message, detail):
+    from redflag_agent.client import NotFound  # noqa: PLC0415
+    from redflag_agent.registration import TokenRejected  # noqa: PLC0415
+
+    with pytest.raises(TokenRejected) as got:
+        stub_agent(tmp_root, StubClient(check_in=NotFound(message))).check_in_once()
+    assert str(got.value) == (
+        f"the server does not know agent {AID} any more ({detail}). Fix: re-enroll this "
+        "host: run the playbook with redflag_agent_force_reregister=true and a fresh "
+        "redflag_agent_registration_token (or `redflag-agent register`)")
+
+
+def test_rapid_polling_is_logged_once_when_it_starts(tmp_root, caplog, monkeypatch):
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    monkeypatch.setattr(ck.time, "time", lambda: NOW_RAPID)
+    monkeypatch.setattr(ck.time, "monotonic", lambda: 5_000.0)
+    until = datetime.fromtimestamp(NOW_RAPID + 120, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    rapid = {"commands": [], "rapid_polling": {"enabled": True, "until": until}}
+    agent = stub_agent(tmp_root, SeqClient([rapid, rapid, {"commands": []}]))
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        agent.check_in_once()
+        assert caplog.messages == ["rapid polling requested for 120 s"]
+        agent.check_in_once()  # the same request again: not new, not logged
+        agent.check_in_once()  # no rapid polling any more: nothing to say
+    assert caplog.messages == ["rapid polling requested for 120 s"]
+    assert agent._rapid is None
+
+
+def test_malformed_command_is_skipped_with_its_reason(tmp_root, caplog):
+    answer = {"commands": [7, {"id": "c1", "type": "scan_updates"}]}
+    agent = stub_agent(tmp_root, StubClient(check_in=answer))
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        commands = agent.check_in_once()
+    assert commands == [{"id": "c1", "type": "scan_updates", "params": {}}]
+    assert caplog.messages == ["skipped a malformed command in the check-in answer: "
+                               "command #0: not a JSON object"]
+
+
+def test_unsaved_rotation_hands_the_used_refresh_token_to_the_hook(tmp_root, monkeypatch):
+    """The runner's override keeps (agent_id, renewed_with) to retry the save."""
+    from redflag_agent.client import Renewal  # noqa: PLC0415
+
+    agent = stub_agent(tmp_root, StubClient(renew=Renewal("NEW-JWT", "REFRESH-2")))
+    seen = []
+    monkeypatch.setattr(agent, "tokens_unsaved", lambda *args: seen.append(args))
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(c, "save_config", full)
+    agent.renew()
+    assert seen == [("REFRESH-1", "No space left on device")]

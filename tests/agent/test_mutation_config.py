@@ -344,3 +344,126 @@ def test_redacted_and_merge_never_share_nested_values_with_their_input():
     settings["network"]["extra"].append(2)
     settings["custom"]["k"].append(2)
     assert (merged["network"]["extra"], merged["custom"]["k"]) == ([1], [1])
+
+
+# --- the whole-file run's survivors -----------------------------------------------------------
+def test_network_durations_bounds_are_inclusive_and_nanoseconds_exact():
+    c.validate(dict(V6, network={"timeout": 0.5, "retry_delay": 3600}), P)
+    c.validate(dict(V6, network={"timeout": 3600.0, "retry_delay": 0.001}), P)
+    assert c.duration_seconds(30_000_000_000) == 30.0  # Go's 30 s, exactly
+    assert c.duration_seconds(1_500_000) == 0.0015
+
+
+def test_bad_number_message_bounds_the_field_and_the_literal():
+    key = "k" * 250
+    data = b"{\"" + key.encode() + b"\": 1" + b"0" * 400 + b"}"
+    assert err(data) == (f"{P}: field {'k' * 200}...: 1{'0' * 39}... has more than 30 digits; "
+                         f"use a plain number; {HINT}")
+
+
+def test_deep_nesting_names_the_top_field_of_a_dotted_path():
+    deep = "{\"top key\": " + "{\"a\": " * 40 + "1" + "}" * 40 + "}"
+    assert err(deep.encode()) == (f"{P}: nested too deeply (more than 32 levels of [ and {{ "
+                                  f"under field top key); {HINT}")
+
+
+def test_metadata_values_must_be_strings_at_schema_6():
+    with pytest.raises(c.ConfigError) as exc:
+        c.validate(dict(V6, metadata={"k": 1}), P)
+    assert str(exc.value) == (f"{P}: field 'metadata' must be an object of strings, found an "
+                              f"object; {HINT}")
+
+
+@pytest.mark.parametrize(("interval", "ok"), [
+    ("1", True), ("86400", True), ("0", False), ("86401", False)])
+def test_legacy_string_interval_range_is_inclusive(interval, ok):
+    legacy = {"server_url": "http://s", "check_in_interval": interval}
+    if ok:
+        assert c.parse_config_bytes(b(legacy), P)["check_in_interval"] == interval
+    else:
+        assert err(b(legacy)).startswith(f"{P}: field 'check_in_interval' must be a positive "
+                                         "integer from 1 to 86400 (seconds), found a string;")
+
+
+def test_a_legacy_field_does_not_end_the_checks():
+    legacy = {"check_in_interval": "300", "display_name": 5}
+    assert err(b(legacy)) == (f"{P}: field 'display_name' must be a string or null, found 5; "
+                              f"{HINT}")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:pass@proxy/?u=ftp://x", "http://user:********@proxy/?u=ftp://x"),
+    ("socksX://u:p@h:1080", "socksX://u:********@h:1080"),
+    ("http://Xuser:pass@h", "http://Xuser:********@h"),
+])
+def test_mask_url_password_more_shapes(url, shown):
+    assert c._mask_url_password(url) == shown
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # a trailing newline after a complete-looking file: invalid, not truncated
+    (b"{\"a\": 1,}\n", "invalid JSON: Expecting property name enclosed in double quotes at "
+                       "line 1 column 9"),
+    # ends in "}" but the error is at the very end: truncated
+    (b"{\"a\": {}", "truncated JSON (the file ends early): Expecting ',' delimiter at line 1 "
+                    "column 9"),
+    # ends in "}" inside a string that never ends: truncated
+    (b"{\"a\": \"b}", "truncated JSON (the file ends early): Unterminated string starting at "
+                      "at line 1 column 7"),
+])
+def test_truncated_or_invalid_json(data, message):
+    assert err(data) == f"{P}: {message}; {HINT}"
+
+
+def test_read_config_names_its_file(tmp_root):
+    tmp_root.config_dir.mkdir(parents=True)
+    tmp_root.config_file.write_bytes(b"[1]")
+    with pytest.raises(c.ConfigError) as exc:
+        c.read_config(tmp_root.config_file)
+    assert str(exc.value) == (f"{tmp_root.config_file}: the top level must be a JSON object, "
+                              f"found list; fix or remove {tmp_root.config_file} (re-run the "
+                              "playbook to rewrite it, or `redflag-agent config apply`)")
+
+
+def test_planted_symlink_error_is_safefs_own_message(tmp_root, tmp_path):
+    victim = tmp_path / "victim.json"
+    victim.write_text(json.dumps(V6))
+    tmp_root.config_dir.mkdir(parents=True)
+    tmp_root.config_file.symlink_to(victim)
+    for call in (lambda: c.read_config(tmp_root.config_file),
+                 lambda: c.save_config(tmp_root, V6)):
+        with pytest.raises(c.ConfigError) as exc:
+            call()
+        assert isinstance(exc.value.__cause__, c.safefs.UnsafePath)
+        assert str(exc.value) == str(exc.value.__cause__)
+        assert str(tmp_root.config_file) in str(exc.value)
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (-(10 ** 40), "an integer with more than 30 digits"),  # by value, never its digits
+    ("x" * 70, "\"" + "x" * 59 + "..."),
+])
+def test_schema_version_of_shows_a_bounded_value(value, shown):
+    with pytest.raises(c.ConfigError) as exc:
+        c.schema_version_of({"version": value}, "/x")
+    assert str(exc.value) == (f"/x: field 'version' must be a schema number such as \"6\", "
+                              f"found {shown}; fix or remove /x (re-run the playbook to "
+                              "rewrite it, or `redflag-agent config apply`)")
+
+
+def test_schema_version_zero_as_a_float():
+    assert c.schema_version_of({"version": 0.0}) == 0
+
+
+def test_upgrade_to_current_shares_nothing_with_its_input():
+    cfg = {"version": "5", "tags": ["a"], "extra": {"k": [1]}}
+    out = c.upgrade_to_current(cfg)
+    out["tags"].append("b")
+    out["extra"]["k"].append(2)
+    assert cfg == {"version": "5", "tags": ["a"], "extra": {"k": [1]}}
+
+
+def test_forget_identity_of_a_config_without_one():
+    out = c.merge_desired(dict(V6), {}, None, True, True)
+    assert [k for k in c.FORGET_KEYS if k in out] == []
+    assert out["server_url"] == V6["server_url"]

@@ -572,3 +572,362 @@ def test_register_crash_point_is_after_the_answer_before_the_save(tmp_root, fake
     assert len(fake_server.seen("POST", REG)) == 1
     assert tmp_root.config_file.read_bytes() == before
     assert r.read_attempt(tmp_root)["agent_id"] is None  # the marker stays: maybe registered
+
+
+# --- the whole-file run's survivors -----------------------------------------------------------
+@pytest.fixture()
+def os_release(monkeypatch, tmp_path):
+    """/etc/os-release as the test writes it, on a fixed kernel."""
+    release = tmp_path / "os-release"
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        release if path == "/etc/os-release" else path, *a, **k))
+    monkeypatch.setattr(r.os, "uname", lambda: os.uname_result(
+        ("Linux", "node1", "6.1.0", "#1", "x86_64")))
+    monkeypatch.setattr("socket.gethostname", lambda: "web1")
+    return release
+
+
+KERNEL = {"hostname": "web1", "os_type": "linux", "os_version": "6.1.0",
+          "os_architecture": "x86_64"}
+
+
+@pytest.mark.parametrize(("content", "extra"), [
+    # only quotes are stripped; a value may hold "="; CRLF and trailing blanks are no part
+    (b'NAME="Xubuntu"\nPRETTY_NAME="Xubuntu 22.04 (a=b)" \r\nID="xubuntuX"\r\nBAD\n',
+     {"os_version": "Xubuntu 22.04 (a=b)", "os_distro": "xubuntuX"}),
+    (b"NAME=x\n", {}),  # no PRETTY_NAME, no ID: the kernel's release, no distro
+    (b"PRETTY_NAME=\"D\xe9bian\"\n", {}),  # not UTF-8: ignored, never a traceback
+    (None, {}),  # no file
+])
+def test_host_facts_table(os_release, content, extra):
+    if content is not None:
+        os_release.write_bytes(content)
+    assert r.host_facts() == {**KERNEL, **extra}
+
+
+def test_host_facts_reads_utf8_whatever_the_locale(os_release):
+    import locale  # noqa: PLC0415
+
+    os_release.write_bytes('PRETTY_NAME="Débian 12"\nID=debian\n'.encode())
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale, as under a bare systemd unit
+    try:
+        facts = r.host_facts()
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert facts == {**KERNEL, "os_version": "Débian 12", "os_distro": "debian"}
+
+
+def test_available_scanners_asks_for_each_tool_by_name(monkeypatch):
+    import shutil  # noqa: PLC0415
+
+    monkeypatch.setattr(shutil, "which", lambda tool: "/usr/bin/apt" if tool == "apt" else None)
+    assert r.available_scanners() == ["apt"]
+
+
+def test_apply_registration_takes_a_one_second_interval_and_is_pure():
+    base = {"network": {"timeout": 1}}
+    out = r.apply_registration(base, {"agent_id": AID, "token": "J", "refresh_token": "R",
+                                      "config": {"check_in_interval": 1}})
+    assert out["check_in_interval"] == 1
+    out["network"]["timeout"] = 2
+    assert base == {"network": {"timeout": 1}}
+
+
+def test_with_identity_is_pure():
+    base = {"network": {"timeout": 1}}
+    r.with_identity(base, {"agent_id": "a"})["network"]["timeout"] = 2
+    assert base == {"network": {"timeout": 1}}
+
+
+def test_clear_attempt_without_a_state_dir_and_its_refusal_message(tmp_root, tmp_path):
+    assert r.clear_attempt(tmp_root) is False  # not even the directory
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tmp_root.state_dir.parent.mkdir(parents=True)
+    tmp_root.state_dir.symlink_to(elsewhere)
+    with pytest.raises(OSError) as exc:
+        r.clear_attempt(tmp_root)
+    assert str(exc.value) == str(exc.value.__cause__)
+    assert str(tmp_root.state_dir) in str(exc.value)
+
+
+def test_write_attempt_hands_the_marker_to_the_agent_user(tmp_root, monkeypatch):
+    owned = []
+    monkeypatch.setattr(r, "chown_to_agent", owned.append)
+    tmp_root.state_dir.mkdir(parents=True)
+    r.write_attempt(tmp_root, MARKER)
+    assert owned == [r.attempt_path(tmp_root)]
+
+
+@pytest.mark.parametrize(("size", "parsed"), [(64 * 1024, True), (64 * 1024 + 4, False)])
+def test_read_attempt_limit_is_exactly_64k(tmp_root, size, parsed):
+    tmp_root.state_dir.mkdir(parents=True)
+    text = json.dumps({"pad": ""})
+    text = text[:-2] + "x" * (size - len(text)) + text[-2:]
+    r.attempt_path(tmp_root).write_text(text)
+    got = r.read_attempt(tmp_root)
+    assert (got == {"pad": "x" * (size - len(json.dumps({"pad": ""})))}) is parsed
+    if not parsed:
+        assert got == {"error": f"{r.attempt_path(tmp_root)} is not valid JSON"}
+
+
+def test_probe_room_opens_a_fresh_private_file(tmp_path, monkeypatch):
+    import re  # noqa: PLC0415
+
+    opened = []
+    real_open = os.open
+
+    def record(name, flags, *mode):
+        opened.append((Path(name), flags, mode))
+        return real_open(name, flags, *mode)
+
+    monkeypatch.setattr(r.os, "open", record)
+    r.probe_room(tmp_path, 10)
+    (name, flags, mode), = opened
+    assert flags == os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    assert mode == (0o600,)
+    assert name.parent == tmp_path
+    assert re.fullmatch(rf"\.config\.json\.probe\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", name.name)
+
+
+def test_probe_room_whose_file_vanished(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+
+    def fsync_then_gone(fd):
+        real_fsync(fd)
+        for p in tmp_path.iterdir():
+            p.unlink()
+
+    monkeypatch.setattr(r.os, "fsync", fsync_then_gone)
+    r.probe_room(tmp_path, 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_survives_a_marker_it_cannot_remove(tmp_root, monkeypatch):
+    def stuck(_paths):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(r, "clear_attempt", stuck)
+    mine = {"server_url": "http://s", "agent_id": AID, "token": "J", "refresh_token": "R"}
+    assert r.save_identity(tmp_root, mine) == mine
+    assert c.read_config(tmp_root.config_file) == mine
+
+
+def test_identity_unsaved_keeps_its_error():
+    error = OSError(errno.ENOSPC, "disk full")
+    assert r.IdentityUnsaved({"agent_id": AID}, Paths(Path("/r")), error).error is error
+
+
+# --- perform, each branch's exact outcome ----------------------------------------------------
+def test_perform_with_a_stale_marker_registers(tmp_root, fake_server):
+    """A marker beside a saved identity is stale: it never blocks (decide_attempt)."""
+    fake_server.on("POST", REG, OK)
+    cfg = _setup(tmp_root, fake_server.url)
+    cfg.update(agent_id="old", refresh_token="OLD")
+    r.write_attempt(tmp_root, dict(MARKER, token_sha256=r.token_fingerprint(TOKEN)))
+    assert r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)["agent_id"] == AID
+
+
+def test_perform_superseded_marker_that_cannot_be_removed(tmp_root, fake_server, caplog,
+                                                          monkeypatch):
+    fake_server.on("POST", REG, OK)
+    cfg = _setup(tmp_root, fake_server.url)
+    r.write_attempt(tmp_root, dict(MARKER, token_sha256="0" * 12))
+    real = r.clear_attempt
+    calls = []
+
+    def stuck_once(paths):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(paths)
+
+    monkeypatch.setattr(r, "clear_attempt", stuck_once)
+    with caplog.at_level(logging.ERROR, logger=LOG.name):
+        assert r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)["agent_id"] == AID
+    assert caplog.messages == [f"cannot remove {r.attempt_path(tmp_root)} (Read-only file "
+                               "system); nothing was registered: remove it by hand"]
+
+
+def test_perform_refused_and_the_marker_stays(tmp_root, fake_server, caplog, monkeypatch):
+    fake_server.on("POST", REG, (500, {"error": "db"}))
+    cfg = _setup(tmp_root, fake_server.url)
+
+    def stuck(_paths):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(r, "clear_attempt", stuck)
+    with caplog.at_level(logging.ERROR, logger=LOG.name), pytest.raises(ServerError):
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert caplog.messages == [f"cannot remove {r.attempt_path(tmp_root)} (Read-only file "
+                               "system); nothing was registered: remove it by hand"]
+
+
+def test_perform_stopped_while_recording_even_if_the_marker_stays(tmp_root, fake_server,
+                                                                  monkeypatch):
+    cfg = _setup(tmp_root, fake_server.url)
+
+    def stop(*_a):
+        raise Terminated("SIGTERM")
+
+    def stuck(_paths):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(r, "write_attempt", stop)
+    monkeypatch.setattr(r, "clear_attempt", stuck)
+    with pytest.raises(Terminated):
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert fake_server.seen() == []
+
+
+def test_perform_unknown_outcome_carries_the_record(tmp_root, fake_server, monkeypatch):
+    cfg = _setup(tmp_root, fake_server.url)
+    client = Client(fake_server.url)
+
+    def boom(*_a):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(client, "register", boom)
+    with pytest.raises(r.AttemptPending) as exc:
+        r.perform(client, tmp_root, TOKEN, cfg, LOG)
+    assert exc.value.attempt == r.read_attempt(tmp_root)
+    assert exc.value.attempt["token_sha256"] == r.token_fingerprint(TOKEN)
+
+
+def test_perform_400_that_is_no_token_problem_is_not_a_rejection(tmp_root, fake_server):
+    fake_server.on("POST", REG, (400, {"error": "hostname is required"}))
+    cfg = _setup(tmp_root, fake_server.url)
+    with pytest.raises(BadRequest) as exc:
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert exc.value.message == "hostname is required"
+    assert r.read_attempt(tmp_root) is None
+
+
+def test_perform_token_rejected_message_exact(tmp_root, fake_server):
+    fake_server.on("POST", REG, (401, {"error": "token expired"}))
+    cfg = _setup(tmp_root, fake_server.url)
+    with pytest.raises(r.TokenRejected) as exc:
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert str(exc.value) == r.rejection_message(Unauthorized("token expired"))
+    assert "(token expired)" in str(exc.value)
+
+
+def _refused(tmp_root, fake_server, monkeypatch, raised):
+    cfg = _setup(tmp_root, fake_server.url)
+    client = Client(fake_server.url, machine_id="a" * 32)
+
+    def refuse(*_a):
+        raise raised
+
+    monkeypatch.setattr(client, "register", refuse)
+    from redflag_agent import binding  # noqa: PLC0415
+
+    with pytest.raises(binding.Refused) as exc:
+        r.perform(client, tmp_root, TOKEN, cfg, LOG)
+    assert r.read_attempt(tmp_root) is None
+    return exc.value
+
+
+def test_perform_machine_conflict_names_both(tmp_root, fake_server, monkeypatch):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import MachineConflict  # noqa: PLC0415
+
+    raised = MachineConflict("bound", "agent-9", "web9", "yesterday", "delete it")
+    got = _refused(tmp_root, fake_server, monkeypatch, raised)
+    assert str(got) == str(binding.conflict_refusal(raised, "a" * 32))
+    assert "agent agent-9 (hostname web9" in str(got) and "a" * 16 in str(got)
+
+
+def test_perform_upgrade_required(tmp_root, fake_server, monkeypatch):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import UpgradeRequired  # noqa: PLC0415
+
+    raised = UpgradeRequired("too old", "0.1", "0.2.0")
+    got = _refused(tmp_root, fake_server, monkeypatch, raised)
+    assert str(got) == str(binding.upgrade_refusal(raised))
+
+
+def test_perform_binding_refused_names_this_agent_and_machine(tmp_root, fake_server,
+                                                              monkeypatch):
+    from redflag_agent import binding  # noqa: PLC0415
+    from redflag_agent.client import MISMATCH, BindingRefused  # noqa: PLC0415
+
+    raised = BindingRefused(MISMATCH, "machine id mismatch")
+    got = _refused(tmp_root, fake_server, monkeypatch, raised)
+    assert (str(got), got.exit_code) == (str(binding.binding_refusal(raised, None, "a" * 32)),
+                                         binding.binding_refusal(raised, None, "a" * 32)
+                                         .exit_code)
+    assert str(got).startswith("the server refuses this agent on this machine: machine id "
+                               "mismatch")
+    assert f"rebind the agent to machine ID {'a' * 32} on the server" in str(got)
+
+
+def test_perform_without_a_config_file_saves_cfg_with_the_identity(tmp_root, fake_server):
+    fake_server.on("POST", REG, OK)
+    cfg = _setup(tmp_root, fake_server.url)
+    tmp_root.config_file.unlink()  # only the directory: cfg came from elsewhere
+    new = r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+    assert new == c.read_config(tmp_root.config_file)
+    assert (new["server_url"], new["agent_id"]) == (fake_server.url, AID)
+
+
+def test_perform_identity_unsaved_keeps_the_machine_id(tmp_root, fake_server, caplog,
+                                                       monkeypatch):
+    fake_server.on("POST", REG, OK)
+    cfg = _setup(tmp_root, fake_server.url)
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real, writes = r.write_attempt, []
+
+    def second_fails(paths, record):
+        writes.append(record)
+        return full() if len(writes) > 1 else real(paths, record)
+
+    monkeypatch.setattr(c, "save_config", full)
+    monkeypatch.setattr(r, "write_attempt", second_fails)
+    with caplog.at_level(logging.WARNING, logger=LOG.name), \
+            pytest.raises(r.IdentityUnsaved) as exc:
+        r.perform(Client(fake_server.url, machine_id="a" * 32), tmp_root, TOKEN, cfg, LOG)
+    assert exc.value.cfg["machine_id"] == "a" * 32
+    assert caplog.messages == [f"cannot note agent {AID} in {r.attempt_path(tmp_root)}: No "
+                               "space left on device"]
+
+
+def test_perform_marker_time_is_utc(tmp_root, fake_server, monkeypatch):
+    import time  # noqa: PLC0415
+
+    seen = []
+
+    def answer(_req):
+        seen.append(r.read_attempt(tmp_root)["started"])
+        return OK
+
+    fake_server.on("POST", REG, answer)
+    cfg = _setup(tmp_root, fake_server.url)
+    monkeypatch.setenv("TZ", "XXX-5:30")
+    time.tzset()
+    try:
+        before = time.time()
+        r.perform(Client(fake_server.url), tmp_root, TOKEN, cfg, LOG)
+        after = time.time()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    import calendar  # noqa: PLC0415
+
+    started = calendar.timegm(time.strptime(seen[0], "%Y-%m-%dT%H:%M:%SZ"))
+    assert int(before) - 1 <= started <= after + 1
+
+
+def test_clear_attempt_of_a_marker_removed_meanwhile(tmp_root, monkeypatch):
+    from redflag_agent import safefs  # noqa: PLC0415
+
+    def raced(_path):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(safefs, "remove", raced)
+    assert r.clear_attempt(tmp_root) is False
