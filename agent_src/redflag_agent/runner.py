@@ -158,7 +158,10 @@ class Runner:
 
     def run(self) -> int:
         try:
-            return self._run()
+            code = self._run()
+            # any exit (77, 78, a refusal) with an identity still in memory: one last save
+            self._stop_with_unsaved_identity()
+            return code
         except LockHeld as exc:
             self.log.error("%s", exc)
             return EX_TEMPFAIL

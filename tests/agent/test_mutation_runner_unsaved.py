@@ -23,6 +23,7 @@ import pytest
 from redflag_agent import config as c
 from redflag_agent import registration as r
 from redflag_agent import runner as runner_mod
+from redflag_agent.exits import EX_CONFIG, EX_NOPERM
 from redflag_agent.lock import InstanceLock
 from redflag_agent.runner import EX_OK, LockRefused, Runner
 from redflag_agent.signals import Terminated, Terminator
@@ -354,6 +355,21 @@ def test_stop_with_nothing_unsaved_does_nothing(runner, disk, caplog):
     with caplog.at_level(logging.INFO):
         runner._stop_with_unsaved_identity()
     assert disk.calls == 0 and reg_messages(caplog) == []
+
+
+@pytest.mark.parametrize("code", [EX_NOPERM, EX_CONFIG, EX_OK])
+def test_any_exit_with_an_unsaved_identity_tries_once_more_and_says_so(
+        runner, disk, caplog, monkeypatch, code):
+    def ends(self):
+        self.keep_unsaved(identity(), ENOSPC)
+        return code
+
+    monkeypatch.setattr(Runner, "_run", ends)
+    with caplog.at_level(logging.INFO):
+        assert runner.run() == code
+    assert disk.calls == 1
+    assert reg_messages(caplog)[-1][1].startswith(
+        f"stopping with the identity of agent {AID} still unsaved: it is lost.")
 
 
 # --- _record_exit -----------------------------------------------------------------------
