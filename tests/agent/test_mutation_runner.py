@@ -228,3 +228,302 @@ def test_set_aside_backoff_respects_the_configured_cap(tmp_root, monkeypatch):
     runner.backoff_cap = 1.5
     runner._set_aside(dict(CLONED), host)
     assert term.slept == [0.75, 0.75]
+
+
+# --- a whole start, in-process: what the operator reads, the files, the sleeps -------------
+# The tests above stop before the check-in loop or pin messages by fragment; these drive
+# Runner.run through migration, registration and the loop and pin every line exactly.
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+from redflag_agent import binding, migration  # noqa: E402
+from redflag_agent import checkin as checkin_mod  # noqa: E402
+from redflag_agent import client as client_mod  # noqa: E402
+from redflag_agent import config as c  # noqa: E402
+from redflag_agent import runner as runner_mod  # noqa: E402
+from redflag_agent.lock import InstanceLock, LockHeld  # noqa: E402
+from redflag_agent.runner import EX_NOPERM, EX_TEMPFAIL  # noqa: E402
+
+from . import migration_fixtures as mf  # noqa: E402
+
+RAW = b"0123456789abcdef0123456789abcdef"
+HOST = hashlib.sha256(RAW).hexdigest()
+NEW = "4b3f0c1e-0000-4000-8000-0000000000aa"
+RENEW = "/api/v1/agents/renew"
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+
+
+@pytest.fixture(autouse=True)
+def _fresh_machine_id():
+    binding.forget_host_machine_id()
+    yield
+    binding.forget_host_machine_id()
+
+
+@pytest.fixture
+def log_levels():
+    """logs.set_level changes process-wide loggers: put them back."""
+    names = ("redflag", "redflag_agent")
+    saved = [logging.getLogger(n).level for n in names]
+    yield
+    for name, level in zip(names, saved):
+        logging.getLogger(name).setLevel(level)
+
+
+class Snapshots(SleepRecorder):
+    """A SleepRecorder that also keeps config.json and status.json as they are at each sleep
+    (what a loop wrote before it waits), then runs `hook`."""
+
+    def __init__(self, paths, stop_after, hook=None):
+        super().__init__(stop_after)
+        self.paths = paths
+        self.hook = hook
+        self.configs = []
+        self.statuses = []
+
+    def sleep(self, seconds):
+        for path, into in ((self.paths.config_file, self.configs),
+                           (self.paths.status_file, self.statuses)):
+            into.append(json.loads(path.read_text()) if path.exists() else None)
+        if self.hook is not None:
+            self.hook(len(self.configs))
+        super().sleep(seconds)
+
+
+def with_machine_id(paths):
+    (paths.root / "etc").mkdir(parents=True, exist_ok=True)
+    (paths.root / "etc" / "machine-id").write_bytes(RAW + b"\n")
+
+
+def lines(caplog, name=LOG.name):
+    return [(rec.levelno, rec.getMessage()) for rec in caplog.records if rec.name == name]
+
+
+def status(paths):
+    return json.loads(paths.status_file.read_text())
+
+
+def stamped(value, text):
+    """A status field `<UTC time> text`."""
+    import re  # noqa: PLC0415
+
+    assert re.fullmatch(STAMP + re.escape(text), value), value
+    return True
+
+
+def registered(url, **extra):
+    return {"version": "6", "server_url": url, "agent_id": AID, "token": "JWT",
+            "refresh_token": "REFRESH", **extra}
+
+
+def test_legacy_host_migrates_registers_and_checks_in(tmp_root, fake_server, caplog):
+    """The whole start: the plan as the operator reads it, the migration's own logger,
+    migrated_from in the registration and every check-in, the loop's backoff settings."""
+    fake_server.on("POST", REG, OK)
+    fake_server.on("GET", CMDS, (500, {"error": "db"}), (500, {"error": "db"}),
+                   (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    mf.make_legacy(tmp_root, mf.legacy_config(
+        server_url=fake_server.url, agent_id=mf.DROP, token=mf.DROP, refresh_token=mf.DROP,
+        machine_id=mf.DROP, check_in_interval="120"))
+    plan = migration.plan(tmp_root).describe()
+    term = SleepRecorder(stop_after=3)
+    runner = Runner(tmp_root, LOG, term, rand=lambda: 0.5,
+                    environ={"REDFLAG_BACKOFF_BASE": "8", "REDFLAG_BACKOFF_CAP": "10"})
+    with caplog.at_level(logging.INFO):
+        assert runner.run() == EX_OK
+    # check-in retries at base 8, cap 10 (4.0, then 5.0 capped), then the 120 s interval
+    assert term.slept == [4.0, 5.0, 120.0]
+    assert plan.startswith("migration needed: directory, config, security\n")
+    assert lines(caplog) == [
+        (logging.INFO, plan),
+        (logging.INFO, f"agent {AID} checking in with {fake_server.url} every 120 s"),
+        (logging.INFO, "stopping on SIGTERM")]
+    moved = lines(caplog, LOG.name + ".migration")
+    assert moved[0] == (logging.INFO, "migrating: directory, config, security")
+    assert moved[-1][1].startswith("migrated from 0.1.18: directory, config, security")
+    assert lines(caplog, "redflag.registration") == [
+        (logging.INFO, f"registered with {fake_server.url} as agent {AID}")]
+    failed = lines(caplog, "redflag.checkin")
+    assert [m.split(" (at ")[0] for _, m in failed] == [
+        "check-in failed: server error 500: db; retry 1 in 4.0 s",
+        "check-in failed: server error 500: db; retry 2 in 5.0 s"]
+    [reg] = fake_server.seen("POST", REG)
+    assert reg.headers["Authorization"] == f"Bearer {mf.REG_TOKEN}"
+    assert reg.body["metadata"]["migrated_from"] == "0.1.18"
+    checkins = fake_server.seen("GET", CMDS)
+    assert [s.body["metadata"]["migrated_from"] for s in checkins] == ["0.1.18"] * 3
+    assert c.read_config(tmp_root.config_file)["agent_id"] == AID
+    assert stamped(status(tmp_root)["last_exit_reason"], "stopped by SIGTERM")
+
+
+def test_state_dir_is_created_0750_with_its_parents_for_the_agent_user(tmp_root, fake_server,
+                                                                        monkeypatch, caplog):
+    """Created only once there is work, then handed to redflag-agent; a rejected token then
+    stops with 77, the exact reason in the log and the status file."""
+    fake_server.on("POST", REG, (401, {"error": "invalid registration token"}))
+    with_machine_id(tmp_root)
+    mf.make_current(tmp_root, {"version": "6", "server_url": fake_server.url,
+                               "registration_token": "T"})
+    assert not tmp_root.state_dir.parent.exists()
+    handed = []
+    monkeypatch.setattr(runner_mod, "chown_to_agent", handed.append)
+    old = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    finally:
+        os.umask(old)
+    assert tmp_root.state_dir.is_dir()
+    assert tmp_root.state_dir.stat().st_mode & 0o7777 == 0o750
+    assert handed == [tmp_root.state_dir]
+    [(level, message)] = lines(caplog)
+    assert level == logging.ERROR
+    assert message == r.rejection_message(client_mod.Unauthorized("invalid registration token"))
+    state = status(tmp_root)
+    assert stamped(state["last_exit_reason"], "exit 77: token rejected")
+    assert stamped(state["last_error"], message)
+
+
+def test_state_dir_made_by_a_concurrent_start_is_no_error(tmp_root, fake_server, monkeypatch):
+    """Two starts at once: both see no state dir, the other creates it first."""
+
+    class Os:
+        environ = os.environ
+
+        class path:  # noqa: N801 - stands in for os.path
+            @staticmethod
+            def lexists(_p):
+                return False
+
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    monkeypatch.setattr(runner_mod, "os", Os)
+    term = SleepRecorder(stop_after=1)
+    assert Runner(tmp_root, LOG, term, rand=lambda: 0.5, environ=SLOW).run() == EX_OK
+    assert len(fake_server.seen("GET", CMDS)) == 1
+
+
+FAKE_PLAN = migration.Plan(phases=["config"], reasons={"config": "schema 5 -> 6"})
+NO_TOKEN = {"version": "6", "server_url": "http://127.0.0.1:9"}
+
+
+def crash(_paths, _log):
+    raise OSError("disk on fire")
+
+
+@pytest.mark.parametrize(("outcome", "went_on", "after"), [
+    (migration.Report(ok=True), True, []),
+    (migration.Report(ok=False, message="disk full", config_usable=False), False,
+     [(logging.ERROR, "migration failed: disk full")]),
+    (migration.Report(ok=False, message="disk full", config_usable=True), True,
+     [(logging.ERROR, "migration failed: disk full"),
+      (logging.WARNING, "starting with the current config if it is usable")]),
+    (crash, True,
+     [(logging.ERROR, "migration crashed: OSError: disk on fire"),
+      (logging.WARNING, "starting with the current config if it is usable")]),
+])
+def test_migration_outcome_is_reported_exactly(tmp_root, monkeypatch, caplog, outcome,
+                                               went_on, after):
+    """A failed migration whose config is not usable stops (78); otherwise the start goes on
+    (here to the "no token" stop, proof that it went on)."""
+    write_cfg(tmp_root, NO_TOKEN)
+    planned, executed = [], []
+    monkeypatch.setattr(migration, "plan", lambda p: planned.append(p) or FAKE_PLAN)
+
+    def execute(paths, log):
+        executed.append((paths, log.name))
+        return outcome(paths, log) if callable(outcome) else outcome
+
+    monkeypatch.setattr(migration, "execute", execute)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert planned == [tmp_root]
+    assert executed == [(tmp_root, LOG.name + ".migration")]
+    then = [(logging.ERROR, r.missing_token_message(tmp_root))] if went_on else []
+    assert lines(caplog) == [(logging.INFO, FAKE_PLAN.describe()), *after, *then]
+
+
+def test_plan_crash_and_blocked_plan_are_logged_exactly(tmp_root, monkeypatch, caplog):
+    write_cfg(tmp_root, NO_TOKEN)
+
+    def boom(_paths):
+        raise RuntimeError("state unreadable")
+
+    monkeypatch.setattr(migration, "plan", boom)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    blocked = migration.Plan(blocked={"config": {"attempts": 3, "reason": "disk full"}},
+                             reasons={"config": "schema 5 -> 6"})
+    monkeypatch.setattr(migration, "plan", lambda _p: blocked)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    missing = (logging.ERROR, r.missing_token_message(tmp_root))
+    assert lines(caplog) == [
+        (logging.ERROR, "cannot decide whether a migration is needed (RuntimeError: state "
+                        "unreadable); starting without migrating"), missing,
+        (logging.ERROR, blocked.describe()), missing]
+
+
+def test_stop_during_the_migration_before_any_status(tmp_root, monkeypatch, caplog):
+    """Stopped at the end of the shielded migration: no status file is open yet, so there is
+    no exit reason to record, and the stop is a clean 0."""
+    write_cfg(tmp_root, NO_TOKEN)
+    term = Terminator()
+    monkeypatch.setattr(migration, "plan", lambda _p: FAKE_PLAN)
+
+    def execute(_paths, _log):
+        term.request_stop()
+        return migration.Report(ok=True)
+
+    monkeypatch.setattr(migration, "execute", execute)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, term).run() == EX_OK
+    assert lines(caplog)[-1] == (logging.INFO, "stopping on stop")
+    assert not tmp_root.status_file.exists()
+
+
+def test_config_problems_are_logged_exactly(tmp_root, caplog):
+    write_cfg(tmp_root, {"version": "6", "server_url": "ftp://x", "registration_token": "T"})
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    tmp_root.config_file.write_text("{not json")
+    with pytest.raises(c.ConfigError) as bad:
+        c.read_config(tmp_root.config_file)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    # the plan says it cannot migrate the corrupt file, then the config itself is refused
+    url, plan, corrupt = lines(caplog)
+    assert url == (logging.ERROR, f"{tmp_root.config_file}: server_url 'ftp://x' is not an "
+                                  "http(s) URL (expected e.g. https://redflag.example:8080)")
+    assert plan[1].startswith("cannot migrate: ")
+    assert corrupt == (logging.ERROR, f"cannot use the config: {bad.value}")
+
+
+@pytest.mark.parametrize(("env", "expect"), [(None, logging.ERROR), ("debug", logging.WARNING)])
+def test_config_log_level_applies_unless_the_environment_sets_one(tmp_root, monkeypatch,
+                                                                  log_levels, env, expect):
+    if env is None:
+        monkeypatch.delenv("REDFLAG_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("REDFLAG_LOG_LEVEL", env)
+    for name in ("redflag", "redflag_agent"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    write_cfg(tmp_root, dict(NO_TOKEN, logging={"level": "error"}))
+    assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert [logging.getLogger(n).level for n in ("redflag", "redflag_agent")] == [expect] * 2
+
+
+def test_an_old_schema_is_upgraded_in_memory(tmp_root, fake_server, monkeypatch):
+    """The migration did not upgrade it (blocked here): the start runs on an upgraded copy."""
+    fake_server.on("POST", REG, (401, {"error": "invalid registration token"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, {"version": "5", "server_url": fake_server.url,
+                         "registration_token": "T", "check_in_interval": 60})
+    monkeypatch.setattr(migration, "plan", lambda _p: migration.Plan(
+        blocked={"config": {"attempts": 3, "reason": "disk full"}}))
+    assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    assert json.loads(tmp_root.config_file.read_text())["version"] == "5"
+    assert len(fake_server.seen("POST", REG)) == 1
