@@ -6,18 +6,36 @@ turns every host into a hot loop against the server.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from redflag_agent import backoff
+from redflag_agent import backoff, binding, migration
+from redflag_agent import checkin as checkin_mod
+from redflag_agent import client as client_mod
+from redflag_agent import config as c
 from redflag_agent import registration as r
+from redflag_agent import runner as runner_mod
+from redflag_agent.lock import InstanceLock, LockHeld
 from redflag_agent.paths import Paths
-from redflag_agent.runner import EX_CONFIG, EX_OK, Runner, backoff_settings, make_client
+from redflag_agent.runner import (
+    EX_CONFIG,
+    EX_NOPERM,
+    EX_OK,
+    EX_TEMPFAIL,
+    Runner,
+    backoff_settings,
+    make_client,
+)
 from redflag_agent.signals import Terminator
 
+from . import migration_fixtures as mf
 from .sleep_recorder import SleepRecorder
 
 LOG = logging.getLogger("redflag.test.mutrun")
@@ -26,8 +44,6 @@ REG = "/api/v1/agents/register"
 CMDS = f"/api/v1/agents/{AID}/commands"
 OK = (200, {"agent_id": AID, "token": "JWT-A", "refresh_token": "REFRESH-A"})
 SLOW = {"REDFLAG_BACKOFF_BASE": "2", "REDFLAG_BACKOFF_CAP": "60"}
-
-
 
 
 def write_cfg(paths, cfg):
@@ -233,20 +249,6 @@ def test_set_aside_backoff_respects_the_configured_cap(tmp_root, monkeypatch):
 # --- a whole start, in-process: what the operator reads, the files, the sleeps -------------
 # The tests above stop before the check-in loop or pin messages by fragment; these drive
 # Runner.run through migration, registration and the loop and pin every line exactly.
-import hashlib  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-
-from redflag_agent import binding, migration  # noqa: E402
-from redflag_agent import checkin as checkin_mod  # noqa: E402
-from redflag_agent import client as client_mod  # noqa: E402
-from redflag_agent import config as c  # noqa: E402
-from redflag_agent import runner as runner_mod  # noqa: E402
-from redflag_agent.lock import InstanceLock, LockHeld  # noqa: E402
-from redflag_agent.runner import EX_NOPERM, EX_TEMPFAIL  # noqa: E402
-
-from . import migration_fixtures as mf  # noqa: E402
-
 RAW = b"0123456789abcdef0123456789abcdef"
 HOST = hashlib.sha256(RAW).hexdigest()
 NEW = "4b3f0c1e-0000-4000-8000-0000000000aa"
@@ -306,8 +308,6 @@ def status(paths):
 
 def stamped(value, text):
     """A status field `<UTC time> text`."""
-    import re  # noqa: PLC0415
-
     assert re.fullmatch(STAMP + re.escape(text), value), value
     return True
 
@@ -425,7 +425,7 @@ def crash(_paths, _log):
      [(logging.ERROR, "migration crashed: OSError: disk on fire"),
       (logging.WARNING, "starting with the current config if it is usable")]),
 ])
-def test_migration_outcome_is_reported_exactly(tmp_root, monkeypatch, caplog, outcome,
+def test_migration_outcome_is_reported_exactly(tmp_root, monkeypatch, caplog, outcome,  # noqa: PLR0917
                                                went_on, after):
     """A failed migration whose config is not usable stops (78); otherwise the start goes on
     (here to the "no token" stop, proof that it went on)."""
@@ -527,3 +527,336 @@ def test_an_old_schema_is_upgraded_in_memory(tmp_root, fake_server, monkeypatch)
     assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
     assert json.loads(tmp_root.config_file.read_text())["version"] == "5"
     assert len(fake_server.seen("POST", REG)) == 1
+
+
+UNREGISTERED = {"version": "6", "registration_token": "T"}
+
+
+def test_identity_left_behind_stops_before_registering(tmp_root, fake_server, monkeypatch,
+                                                      caplog):
+    asked = []
+
+    def left(paths):
+        asked.append(paths)
+        return str(paths.legacy_config_file)
+
+    monkeypatch.setattr(migration, "identity_left_behind", left)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    where = tmp_root.legacy_config_file
+    assert lines(caplog) == [(logging.ERROR, (
+        f"a usable agent identity is in {where}, but no migration will take it over (its phase "
+        "is recorded as done, was given up, or the file cannot be migrated: see the error "
+        "above); registering now would put a second agent on the server. Fix: fix that file, "
+        "or run `redflag-agent migrate --retry-failed` as root to take it over, or move "
+        f"{where} away if that identity is stale; then start again"))]
+    assert asked == [tmp_root]
+    assert fake_server.seen() == []
+
+
+def test_identity_left_behind_is_not_asked_for_a_registered_host(tmp_root, fake_server,
+                                                                 monkeypatch):
+    asked = []
+    monkeypatch.setattr(migration, "identity_left_behind", asked.append)
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    assert Runner(tmp_root, LOG, SleepRecorder(stop_after=1), environ=SLOW).run() == EX_OK
+    assert asked == []
+
+
+def test_failing_checks_are_warnings_and_registering_goes_on(tmp_root, fake_server,
+                                                            monkeypatch, caplog):
+    """Neither the left-behind check nor the migrated_from metadata may stop a start."""
+    def left(_paths):
+        raise OSError("snapshot unreadable")
+
+    def origin(_paths):
+        raise ValueError("state unreadable")
+
+    monkeypatch.setattr(migration, "identity_left_behind", left)
+    monkeypatch.setattr(migration, "migrated_from", origin)
+    fake_server.on("POST", REG, (401, {"error": "invalid registration token"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    assert lines(caplog)[:2] == [
+        (logging.WARNING, "cannot check for an identity the migration left behind: "
+                          "snapshot unreadable"),
+        (logging.WARNING, "cannot read migration state for metadata: state unreadable")]
+    [reg] = fake_server.seen("POST", REG)
+    assert "migrated_from" not in reg.body["metadata"]
+
+
+def test_migrated_from_reaches_the_registration_from_the_state(tmp_root, fake_server,
+                                                              monkeypatch):
+    asked = []
+    monkeypatch.setattr(migration, "migrated_from", lambda p: asked.append(p) or "0.1.19")
+    fake_server.on("POST", REG, (401, {"error": "invalid registration token"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    assert asked == [tmp_root]
+    [reg] = fake_server.seen("POST", REG)
+    assert reg.body["metadata"]["migrated_from"] == "0.1.19"
+
+
+def test_clone_without_token_is_logged_and_recorded_exactly(tmp_root, caplog):
+    cfg = registered("http://127.0.0.1:9", machine_id="b" * 64)
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, cfg)
+    message = binding.clone_message(cfg, binding.host_machine_id(tmp_root), tmp_root)
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert lines(caplog) == [(logging.ERROR, message)]
+    state = status(tmp_root)
+    assert stamped(state["last_exit_reason"], "exit 78: identity of another machine")
+    assert stamped(state["last_error"], message)
+
+
+def test_adopted_identity_is_announced_and_recorded(tmp_root, fake_server, caplog):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, check_in_interval=60))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, SleepRecorder(stop_after=1), environ=SLOW).run() == EX_OK
+    reason = binding.decide_identity(None, HOST, False).reason
+    assert lines(caplog) == [
+        (logging.INFO, reason),
+        (logging.INFO, f"agent {AID} checking in with {fake_server.url} every 60 s"),
+        (logging.INFO, "stopping on SIGTERM")]
+    assert c.read_config(tmp_root.config_file)["machine_id"] == HOST
+
+
+def test_default_interval_is_announced(tmp_root, fake_server, caplog):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, SleepRecorder(stop_after=1), environ=SLOW).run() == EX_OK
+    assert lines(caplog)[0] == (logging.INFO, f"agent {AID} checking in with {fake_server.url} "
+                                              f"every {c.DEFAULT_CHECK_IN_INTERVAL} s")
+
+
+def test_unfinished_attempt_stops_78_logged_and_recorded_exactly(tmp_root, fake_server,
+                                                                 caplog):
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    attempt = r.attempt_record(fake_server.url, "T", "h", 1, "then")
+    r.write_attempt(tmp_root, attempt)
+    message = r.pending_message(tmp_root, attempt, "not registering again")
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert lines(caplog) == [(logging.ERROR, message)]
+    state = status(tmp_root)
+    assert stamped(state["last_exit_reason"], "exit 78: unfinished registration attempt")
+    assert stamped(state["last_error"], message)
+    assert fake_server.seen() == []
+
+
+def test_refusal_at_check_in_is_logged_and_recorded_exactly(tmp_root, fake_server, caplog):
+    fake_server.on("GET", CMDS, (426, {"error": "agent version too old - upgrade required "
+                                                "for security", "minimum_version": "9.9"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    announced, (level, message) = lines(caplog)
+    assert level == logging.ERROR and "9.9 or newer" in message
+    state = status(tmp_root)
+    assert stamped(state["last_exit_reason"], "exit 78: refused by the server")
+    assert stamped(state["last_error"], message)
+
+
+def test_config_error_in_the_loop_stops_78(tmp_root, fake_server, monkeypatch, caplog):
+    def planted(_self):
+        raise c.ConfigError("planted")
+
+    monkeypatch.setattr(checkin_mod.Agent, "check_in_once", planted)
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert lines(caplog)[-1] == (logging.ERROR, "cannot use the config: planted")
+
+
+def test_lock_held_and_refused_are_logged_exactly(tmp_root, caplog):
+    write_cfg(tmp_root, NO_TOKEN)
+    other = InstanceLock(tmp_root.state_dir)
+    other.acquire()
+    try:
+        with pytest.raises(LockHeld) as held:
+            InstanceLock(tmp_root.state_dir).acquire()
+        with caplog.at_level(logging.INFO):
+            assert Runner(tmp_root, LOG, Terminator()).run() == EX_TEMPFAIL
+    finally:
+        other.release()
+    os.rmdir(tmp_root.state_dir)
+    tmp_root.state_dir.write_text("")
+    # registered: the start gets as far as locking the state dir before anything else
+    with_machine_id(tmp_root)
+    tmp_root.config_file.write_text(json.dumps(registered("http://127.0.0.1:9",
+                                                          machine_id=HOST)))
+    refused = InstanceLock(tmp_root.state_dir)
+    refused.acquire()
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert lines(caplog) == [
+        (logging.ERROR, str(held.value)),
+        (logging.ERROR, f"not starting: the instance lock cannot be taken: {refused.refused}. "
+                        "Fix: remove it and re-run the playbook (it creates "
+                        f"{tmp_root.state_dir} as a directory owned by redflag-agent)")]
+
+
+def test_status_write_failure_is_a_warning_of_the_runner_log(tmp_root, fake_server, caplog):
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    tmp_root.status_file.mkdir()
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, SleepRecorder(stop_after=1), environ=SLOW).run() == EX_OK
+    assert any(level == logging.WARNING and m.startswith(f"cannot write {tmp_root.status_file}")
+               for level, m in lines(caplog))
+
+
+@pytest.mark.parametrize(("proxy", "tls"), [
+    ({"url": "http://proxy:3128"}, {"ca_file": "/etc/ca.pem"}),
+    ("http://proxy:3128", ["ca"]),
+])
+def test_make_client_passes_proxy_and_tls_sections(monkeypatch, proxy, tls):
+    made = []
+
+    class Recorder:
+        def __init__(self, url, **kwargs):
+            made.append((url, kwargs))
+
+    monkeypatch.setattr(client_mod, "Client", Recorder)
+    make_client({"server_url": "http://s", "proxy": proxy, "tls": tls}, "m")
+    [(url, kwargs)] = made
+    assert url == "http://s"
+    # only a section (a dict) is passed on; anything else is no proxy / default TLS
+    assert kwargs["proxy"] == (proxy if isinstance(proxy, dict) else None)
+    assert kwargs["tls"] == (tls if isinstance(tls, dict) else None)
+
+
+def test_rate_limited_registration_waits_the_servers_retry_after(tmp_root, fake_server,
+                                                                monkeypatch, caplog):
+    """A client error is a warning (a save problem is an error); Retry-After is honoured and
+    the log says when the next try is."""
+    real = r.perform
+    calls = []
+
+    def perform(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise client_mod.RateLimited(45.0, "slow down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(r, "perform", perform)
+    fake_server.on("POST", REG, OK)
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url, check_in_interval=60))
+    term = SleepRecorder(stop_after=2)
+    runner = Runner(tmp_root, LOG, term, rand=lambda: 0.5, environ=SLOW)
+    before = time.time()
+    with caplog.at_level(logging.INFO):
+        assert runner.run() == EX_OK
+    after = time.time()
+    assert term.slept == [45.0, 60.0]
+    first = [rec for rec in caplog.records if rec.name == "redflag.registration"][0]
+    assert first.levelno == logging.WARNING
+    at = {time.strftime("%H:%M:%S", time.gmtime(t + 45)) for t in range(int(before),
+                                                                         int(after) + 2)}
+    assert first.getMessage() in {"registration failed: rate limited (429): slow down; retry 1 "
+                                  f"in 45.0 s (at {hms})" for hms in at}
+
+
+def test_stop_during_registration_is_shielded_until_the_identity_is_saved(tmp_root,
+                                                                         fake_server, caplog):
+    """A stop that arrives while the server registers us waits for the save, then stops:
+    the identity is on disk and no check-in is made."""
+    term = Terminator()
+
+    def answer(_seen):
+        term.request_stop()
+        return OK
+
+    fake_server.on("POST", REG, answer)
+    fake_server.on("GET", CMDS, (200, {"commands": []}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, term, environ=SLOW).run() == EX_OK
+    assert c.read_config(tmp_root.config_file)["agent_id"] == AID
+    assert fake_server.seen("GET", CMDS) == []
+    assert lines(caplog) == [(logging.INFO, "stopping on stop")]
+
+
+def fail_saves(monkeypatch, count):
+    """config.json cannot be written the first `count` times (a full disk)."""
+    real = c.save_config
+    failures = []
+
+    def save(paths, cfg):
+        if len(failures) < count:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        real(paths, cfg)
+
+    monkeypatch.setattr(c, "save_config", save)
+    return failures
+
+
+def test_unsaved_registration_is_saved_with_the_rotated_tokens_at_once(tmp_root, fake_server,
+                                                                      monkeypatch):
+    """Registered but not saved (disk full), then the refresh token rotates: the identity
+    held in memory is saved right then, not at the next scheduled retry."""
+    fake_server.on("POST", REG, OK)
+    fake_server.on("GET", CMDS, (401, {"error": "expired"}), (200, {"commands": []}))
+    fake_server.on("POST", RENEW, (200, {"token": "JWT-B", "refresh_token": "REFRESH-B"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
+    assert fail_saves(monkeypatch, 1) == []
+    term = Snapshots(tmp_root, stop_after=1)
+    # the scheduled save retry is 30 s away (base 60, rand 0.5)
+    runner = Runner(tmp_root, LOG, term, rand=lambda: 0.5,
+                    environ={"REDFLAG_BACKOFF_BASE": "60", "REDFLAG_BACKOFF_CAP": "60"})
+    assert runner.run() == EX_OK
+    [saved] = term.configs
+    assert (saved["agent_id"], saved["token"], saved["refresh_token"]) == (
+        AID, "JWT-B", "REFRESH-B")
+    assert term.statuses[0]["identity_unsaved"] is None
+
+
+def test_unsaved_rotation_is_kept_with_its_reason_and_never_saved_over_another(
+        tmp_root, fake_server, monkeypatch, caplog):
+    """The rotated refresh token cannot be saved: the status says so (kind rotation, the
+    reason); when config.json meanwhile holds another identity, it is not written over."""
+    fake_server.on("GET", CMDS, (401, {"error": "expired"}), (200, {"commands": []}))
+    fake_server.on("POST", RENEW, (200, {"token": "JWT-B", "refresh_token": "REFRESH-B"}))
+    with_machine_id(tmp_root)
+    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    fail_saves(monkeypatch, 1)
+    other = registered(fake_server.url, machine_id=HOST, agent_id=NEW,
+                       refresh_token="REFRESH-N")
+
+    def reenrolled(_n):  # `config apply` re-enrolls the host meanwhile
+        c.save_config(tmp_root, dict(other))
+
+    term = Snapshots(tmp_root, stop_after=1, hook=reenrolled)
+    runner = Runner(tmp_root, LOG, term, rand=lambda: 0.5,
+                    environ={"REDFLAG_BACKOFF_BASE": "60", "REDFLAG_BACKOFF_CAP": "60"})
+    with caplog.at_level(logging.INFO):
+        assert runner.run() == EX_OK
+    unsaved = term.statuses[0]["identity_unsaved"]
+    assert unsaved == {"agent_id": AID, "since": unsaved["since"],
+                       "error": "No space left on device", "kind": "rotation"}
+    assert (logging.ERROR, (
+        f"cannot save the rotated refresh token of agent {AID} to {tmp_root.config_file} (No "
+        "space left on device); if the agent stops before it is saved, its next renewal "
+        "relies on the server's one grace replay")) in lines(caplog, "redflag.checkin")
+    on_disk = c.read_config(tmp_root.config_file)
+    assert (on_disk["agent_id"], on_disk["refresh_token"]) == (NEW, "REFRESH-N")
