@@ -33,7 +33,6 @@ from redflag_agent.runner import (
     backoff_settings,
     make_client,
 )
-from redflag_agent.signals import Terminator
 
 from . import migration_fixtures as mf
 from .sleep_recorder import SleepRecorder
@@ -44,6 +43,12 @@ REG = "/api/v1/agents/register"
 CMDS = f"/api/v1/agents/{AID}/commands"
 OK = (200, {"agent_id": AID, "token": "JWT-A", "refresh_token": "REFRESH-A"})
 SLOW = {"REDFLAG_BACKOFF_BASE": "2", "REDFLAG_BACKOFF_CAP": "60"}
+
+
+def bounded():
+    """Every start here ends: a mutant that wanders into a retry loop stops at its first
+    sleep (a plain Terminator would sleep for real, and mutmut would only time out)."""
+    return SleepRecorder(stop_after=1)
 
 
 def write_cfg(paths, cfg):
@@ -131,7 +136,7 @@ def test_cannot_save_is_retried_with_a_sleep_and_logged_as_error(tmp_root, fake_
 
 def test_no_config_exits_78_with_the_fix(tmp_root, caplog):
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert caplog.messages[-1] == (
         f"no config at {tmp_root.config_file}: install the agent with the playbook (it writes "
         "server_url and the registration token) or `redflag-agent config apply`")
@@ -142,7 +147,7 @@ def test_no_token_exits_78_with_the_fix_and_writes_nothing(tmp_root, caplog):
     tmp_root.config_dir.mkdir(parents=True)
     tmp_root.config_file.write_text(json.dumps({"version": "6", "server_url": "http://s"}))
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert caplog.messages[-1] == r.missing_token_message(tmp_root)
     assert not tmp_root.state_dir.exists()
 
@@ -154,7 +159,7 @@ def test_no_server_url_exits_78_with_the_fix(tmp_root, caplog, url):
         cfg["server_url"] = url
     write_cfg(tmp_root, cfg)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     if url == 7:
         assert "field 'server_url' must be a string (URL)" in caplog.messages[-1]
     else:
@@ -164,7 +169,7 @@ def test_no_server_url_exits_78_with_the_fix(tmp_root, caplog, url):
 
 
 def test_backoff_defaults_used_by_a_runner(tmp_root):
-    runner = Runner(tmp_root, LOG, Terminator(), environ={})
+    runner = Runner(tmp_root, LOG, bounded(), environ={})
     assert (runner.backoff_base, runner.backoff_cap) == (backoff.DEFAULT_BASE,
                                                          backoff.DEFAULT_CAP)
 
@@ -372,7 +377,7 @@ def test_state_dir_is_created_0750_with_its_parents_for_the_agent_user(tmp_root,
     old = os.umask(0o022)
     try:
         with caplog.at_level(logging.INFO):
-            assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+            assert Runner(tmp_root, LOG, bounded()).run() == EX_NOPERM
     finally:
         os.umask(old)
     assert tmp_root.state_dir.is_dir()
@@ -439,7 +444,7 @@ def test_migration_outcome_is_reported_exactly(tmp_root, monkeypatch, caplog, ou
 
     monkeypatch.setattr(migration, "execute", execute)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert planned == [tmp_root]
     assert executed == [(tmp_root, LOG.name + ".migration")]
     then = [(logging.ERROR, r.missing_token_message(tmp_root))] if went_on else []
@@ -454,12 +459,12 @@ def test_plan_crash_and_blocked_plan_are_logged_exactly(tmp_root, monkeypatch, c
 
     monkeypatch.setattr(migration, "plan", boom)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     blocked = migration.Plan(blocked={"config": {"attempts": 3, "reason": "disk full"}},
                              reasons={"config": "schema 5 -> 6"})
     monkeypatch.setattr(migration, "plan", lambda _p: blocked)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     missing = (logging.ERROR, r.missing_token_message(tmp_root))
     assert lines(caplog) == [
         (logging.ERROR, "cannot decide whether a migration is needed (RuntimeError: state "
@@ -471,7 +476,7 @@ def test_stop_during_the_migration_before_any_status(tmp_root, monkeypatch, capl
     """Stopped at the end of the shielded migration: no status file is open yet, so there is
     no exit reason to record, and the stop is a clean 0."""
     write_cfg(tmp_root, NO_TOKEN)
-    term = Terminator()
+    term = bounded()
     monkeypatch.setattr(migration, "plan", lambda _p: FAKE_PLAN)
 
     def execute(_paths, _log):
@@ -488,12 +493,12 @@ def test_stop_during_the_migration_before_any_status(tmp_root, monkeypatch, capl
 def test_config_problems_are_logged_exactly(tmp_root, caplog):
     write_cfg(tmp_root, {"version": "6", "server_url": "ftp://x", "registration_token": "T"})
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     tmp_root.config_file.write_text("{not json")
     with pytest.raises(c.ConfigError) as bad:
         c.read_config(tmp_root.config_file)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     # the plan says it cannot migrate the corrupt file, then the config itself is refused
     url, plan, corrupt = lines(caplog)
     assert url == (logging.ERROR, f"{tmp_root.config_file}: server_url 'ftp://x' is not an "
@@ -512,7 +517,7 @@ def test_config_log_level_applies_unless_the_environment_sets_one(tmp_root, monk
     for name in ("redflag", "redflag_agent"):
         logging.getLogger(name).setLevel(logging.WARNING)
     write_cfg(tmp_root, dict(NO_TOKEN, logging={"level": "error"}))
-    assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+    assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert [logging.getLogger(n).level for n in ("redflag", "redflag_agent")] == [expect] * 2
 
 
@@ -524,7 +529,7 @@ def test_an_old_schema_is_upgraded_in_memory(tmp_root, fake_server, monkeypatch)
                          "registration_token": "T", "check_in_interval": 60})
     monkeypatch.setattr(migration, "plan", lambda _p: migration.Plan(
         blocked={"config": {"attempts": 3, "reason": "disk full"}}))
-    assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    assert Runner(tmp_root, LOG, bounded()).run() == EX_NOPERM
     assert json.loads(tmp_root.config_file.read_text())["version"] == "5"
     assert len(fake_server.seen("POST", REG)) == 1
 
@@ -543,7 +548,7 @@ def test_identity_left_behind_stops_before_registering(tmp_root, fake_server, mo
     monkeypatch.setattr(migration, "identity_left_behind", left)
     write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     where = tmp_root.legacy_config_file
     assert lines(caplog) == [(logging.ERROR, (
         f"a usable agent identity is in {where}, but no migration will take it over (its phase "
@@ -581,7 +586,7 @@ def test_failing_checks_are_warnings_and_registering_goes_on(tmp_root, fake_serv
     with_machine_id(tmp_root)
     write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_NOPERM
     assert lines(caplog)[:2] == [
         (logging.WARNING, "cannot check for an identity the migration left behind: "
                           "snapshot unreadable"),
@@ -597,7 +602,7 @@ def test_migrated_from_reaches_the_registration_from_the_state(tmp_root, fake_se
     fake_server.on("POST", REG, (401, {"error": "invalid registration token"}))
     with_machine_id(tmp_root)
     write_cfg(tmp_root, dict(UNREGISTERED, server_url=fake_server.url))
-    assert Runner(tmp_root, LOG, Terminator()).run() == EX_NOPERM
+    assert Runner(tmp_root, LOG, bounded()).run() == EX_NOPERM
     assert asked == [tmp_root]
     [reg] = fake_server.seen("POST", REG)
     assert reg.body["metadata"]["migrated_from"] == "0.1.19"
@@ -609,7 +614,7 @@ def test_clone_without_token_is_logged_and_recorded_exactly(tmp_root, caplog):
     write_cfg(tmp_root, cfg)
     message = binding.clone_message(cfg, binding.host_machine_id(tmp_root), tmp_root)
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert lines(caplog) == [(logging.ERROR, message)]
     state = status(tmp_root)
     assert stamped(state["last_exit_reason"], "exit 78: identity of another machine")
@@ -648,7 +653,7 @@ def test_unfinished_attempt_stops_78_logged_and_recorded_exactly(tmp_root, fake_
     r.write_attempt(tmp_root, attempt)
     message = r.pending_message(tmp_root, attempt, "not registering again")
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert lines(caplog) == [(logging.ERROR, message)]
     state = status(tmp_root)
     assert stamped(state["last_exit_reason"], "exit 78: unfinished registration attempt")
@@ -662,7 +667,7 @@ def test_refusal_at_check_in_is_logged_and_recorded_exactly(tmp_root, fake_serve
     with_machine_id(tmp_root)
     write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     announced, (level, message) = lines(caplog)
     assert level == logging.ERROR and "9.9 or newer" in message
     state = status(tmp_root)
@@ -678,7 +683,7 @@ def test_config_error_in_the_loop_stops_78(tmp_root, fake_server, monkeypatch, c
     with_machine_id(tmp_root)
     write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert lines(caplog)[-1] == (logging.ERROR, "cannot use the config: planted")
 
 
@@ -690,7 +695,7 @@ def test_lock_held_and_refused_are_logged_exactly(tmp_root, caplog):
         with pytest.raises(LockHeld) as held:
             InstanceLock(tmp_root.state_dir).acquire()
         with caplog.at_level(logging.INFO):
-            assert Runner(tmp_root, LOG, Terminator()).run() == EX_TEMPFAIL
+            assert Runner(tmp_root, LOG, bounded()).run() == EX_TEMPFAIL
     finally:
         other.release()
     os.rmdir(tmp_root.state_dir)
@@ -702,7 +707,7 @@ def test_lock_held_and_refused_are_logged_exactly(tmp_root, caplog):
     refused = InstanceLock(tmp_root.state_dir)
     refused.acquire()
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
     assert lines(caplog) == [
         (logging.ERROR, str(held.value)),
         (logging.ERROR, f"not starting: the instance lock cannot be taken: {refused.refused}. "
@@ -778,7 +783,7 @@ def test_stop_during_registration_is_shielded_until_the_identity_is_saved(tmp_ro
                                                                          fake_server, caplog):
     """A stop that arrives while the server registers us waits for the save, then stops:
     the identity is on disk and no check-in is made."""
-    term = Terminator()
+    term = bounded()
 
     def answer(_seen):
         term.request_stop()
