@@ -399,12 +399,14 @@ def test_state_dir_made_by_a_concurrent_start_is_no_error(tmp_root, fake_server,
 
         class path:  # noqa: N801 - stands in for os.path
             @staticmethod
-            def lexists(_p):
+            def lexists(p):
+                p.mkdir(mode=0o750)  # the other start, right after this one looked
                 return False
 
     fake_server.on("GET", CMDS, (200, {"commands": []}))
     with_machine_id(tmp_root)
-    write_cfg(tmp_root, registered(fake_server.url, machine_id=HOST))
+    mf.make_current(tmp_root, registered(fake_server.url, machine_id=HOST))
+    tmp_root.state_dir.parent.mkdir(parents=True)
     monkeypatch.setattr(runner_mod, "os", Os)
     term = SleepRecorder(stop_after=1)
     assert Runner(tmp_root, LOG, term, rand=lambda: 0.5, environ=SLOW).run() == EX_OK
