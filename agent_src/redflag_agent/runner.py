@@ -195,7 +195,7 @@ class Runner:
             self.log.error("%s", plan.describe())
         if plan is not None and plan.phases:
             self._ensure_state_dir_locked()
-            self.log.info("migration needed: %s", plan.describe())
+            self.log.info("%s", plan.describe())  # describe() starts "migration needed: "
             try:
                 with self.term.shielded():
                     report = migration.execute(self.paths, self.log.getChild("migration"))

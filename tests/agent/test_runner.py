@@ -9,7 +9,8 @@ import pytest
 
 from redflag_agent import migration
 from redflag_agent.runner import EX_CONFIG, EX_NOPERM, Runner
-from redflag_agent.signals import Terminator
+
+from .sleep_recorder import SleepRecorder
 
 LOG = logging.getLogger("redflag.test")
 
@@ -28,7 +29,7 @@ def test_plan_crash_is_logged_and_run_continues(tmp_root, monkeypatch, caplog):
 
     monkeypatch.setattr(migration, "plan", boom)
     with caplog.at_level(logging.INFO):
-        code = Runner(tmp_root, LOG, Terminator()).run()
+        code = Runner(tmp_root, LOG, SleepRecorder(stop_after=1)).run()
     assert code == EX_CONFIG  # the normal "no token" answer, not a crash
     assert "cannot decide whether a migration is needed (RuntimeError: state unreadable)" \
         in caplog.text
@@ -47,7 +48,7 @@ def test_execute_crash_still_reaches_registration(tmp_root, monkeypatch, caplog,
     monkeypatch.setattr(migration, "plan", lambda _p: fake_plan)
     monkeypatch.setattr(migration, "execute", boom)
     with caplog.at_level(logging.INFO):
-        code = Runner(tmp_root, LOG, Terminator()).run()
+        code = Runner(tmp_root, LOG, SleepRecorder(stop_after=1)).run()
     assert code == EX_NOPERM
     assert "migration crashed: OSError: disk on fire" in caplog.text
 
@@ -56,7 +57,7 @@ def test_execute_crash_still_reaches_registration(tmp_root, monkeypatch, caplog,
 def test_bad_server_url_exits_78(tmp_root, url, caplog):
     write_cfg(tmp_root, {"version": "6", "server_url": url, "registration_token": "T"})
     with caplog.at_level(logging.INFO):
-        assert Runner(tmp_root, LOG, Terminator()).run() == EX_CONFIG
+        assert Runner(tmp_root, LOG, SleepRecorder(stop_after=1)).run() == EX_CONFIG
     assert "server_url" in caplog.text
 
 
@@ -72,7 +73,7 @@ def test_blocked_or_impossible_migration_is_logged_once(tmp_root, monkeypatch, c
     write_cfg(tmp_root, {"version": "6", "server_url": "http://127.0.0.1:9"})
     monkeypatch.setattr(migration, "plan", lambda _p: plan)
     with caplog.at_level(logging.INFO):
-        code = Runner(tmp_root, LOG, Terminator()).run()
+        code = Runner(tmp_root, LOG, SleepRecorder(stop_after=1)).run()
     assert code == EX_CONFIG  # then the usual "no token" answer: the agent is not stuck on it
     assert caplog.text.count(fragment) == 1
     if plan.blocked:
