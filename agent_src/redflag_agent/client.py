@@ -502,10 +502,10 @@ def _port_of(text: str) -> int:
 def _split_port(entry: str) -> tuple[str, Optional[int]]:
     """A no_proxy entry -> (host, port or None): 'h', 'h:80', '::1', '[::1]', '[::1]:80'."""
     if entry.startswith("["):
-        inside, _, rest = entry[1:].partition("]")
+        inside, _bracket, rest = entry[1:].partition("]")
         return inside, _port_of(rest[1:]) if rest.startswith(":") else None
     if entry.count(":") == 1:
-        name, _, port = entry.partition(":")
+        name, _colon, port = entry.partition(":")
         return name, _port_of(port)
     return entry, None
 
