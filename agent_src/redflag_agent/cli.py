@@ -493,6 +493,9 @@ def _instance_lock_if(needed: bool, paths: Paths) -> Iterator[None]:
 
     lock = InstanceLock(paths.state_dir)
     lock.acquire()
+    if lock.refused:  # a symlink or a file where the state dir belongs: as `unregister`
+        raise cfgmod.ConfigError(f"not dropping the identity: the instance lock cannot be "
+                                 f"taken: {lock.refused}; nothing was changed")
     try:
         yield
     finally:

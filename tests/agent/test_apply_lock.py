@@ -10,7 +10,7 @@ import json
 import pytest
 
 from redflag_agent import cli as climod
-from redflag_agent.exits import EX_OK, EX_TEMPFAIL
+from redflag_agent.exits import EX_CONFIG, EX_OK, EX_TEMPFAIL
 from redflag_agent.paths import Paths
 
 from .test_cli import AID, cli, registered_cfg, snapshot, write_config
@@ -93,3 +93,19 @@ def test_no_state_directory_means_no_running_instance(tmp_root, agent_env):
     res = cli(tmp_root, agent_env, "config", "apply", "--json", stdin=json.dumps(doc))
     assert res.returncode == EX_OK, res.stderr
     assert not json.loads(tmp_root.config_file.read_text()).get("agent_id")
+
+
+def test_a_symlinked_state_dir_refuses_to_drop_the_identity(tmp_root, agent_env, tmp_path):
+    write_config(tmp_root, registered_cfg(URL), state_dir=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tmp_root.state_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root.state_dir.symlink_to(elsewhere)
+    before = snapshot(tmp_root.root)
+    doc = {"settings": {}, "forget_identity": True}
+    res = cli(tmp_root, agent_env, "config", "apply", "--json", stdin=json.dumps(doc))
+    assert res.returncode == EX_CONFIG, res.stderr
+    assert "not dropping the identity: the instance lock cannot be taken: " in res.stderr
+    assert "nothing was changed" in res.stderr
+    assert snapshot(tmp_root.root) == before
+    assert list(elsewhere.iterdir()) == []
