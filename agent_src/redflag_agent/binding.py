@@ -37,7 +37,6 @@ ADOPT = "adopt"  # nothing (usable) recorded: taken over or from an older agent;
 CLONE_ENROLL = "clone_enroll"  # recorded for another machine, token given: set aside, enroll
 CLONE_STOP = "clone_stop"  # recorded for another machine, no token: stop (78)
 
-BACKUP_DIR = "identity_backups"
 REENROLL_FIX = ("re-run the playbook with a fresh redflag_agent_registration_token and "
                 "redflag_agent_force_reregister=true (or clear the identity with `redflag-agent "
                 "config apply` and `reregister: true`, then `redflag-agent register`)")
@@ -89,7 +88,7 @@ def clone_message(cfg: dict[str, Any], host: MachineId, paths: Paths) -> str:
             "image or copy that held a registered agent, and the agent never checks in under "
             "a copied identity. Fix: give this host its own registration token (re-run the "
             "playbook with redflag_agent_registration_token): the copied identity is then set "
-            f"aside in {paths.state_dir / BACKUP_DIR} and this host enrolls as a new agent. If "
+            f"aside in {paths.identity_backups_dir} and this host enrolls as a new agent. If "
             "this host is that agent and only its machine ID changed, rebind the agent to "
             f"machine ID {host.value} on the server and remove machine_id from "
             f"{paths.config_file}")
@@ -207,7 +206,7 @@ _SAFE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 def backup_path(paths: Paths, agent_id: Any, when: float) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
     name = agent_id if isinstance(agent_id, str) and _SAFE_ID.fullmatch(agent_id) else "unknown"
-    return paths.state_dir / BACKUP_DIR / f"{stamp}-{name}.json"
+    return paths.identity_backups_dir / f"{stamp}-{name}.json"
 
 
 def backup_record(cfg: dict[str, Any], host: MachineId, reason: str, when: str

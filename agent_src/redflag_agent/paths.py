@@ -16,6 +16,7 @@ class Paths:
     config_file: Path = field(init=False)
     state_dir: Path = field(init=False)
     backups_dir: Path = field(init=False)
+    identity_backups_dir: Path = field(init=False)
     migration_state_file: Path = field(init=False)
     status_file: Path = field(init=False)
     legacy_config_dir: Path = field(init=False)
@@ -53,6 +54,7 @@ class Paths:
         }
         values["config_file"] = values["config_dir"] / "config.json"
         values["backups_dir"] = values["state_dir"] / "migration_backups"
+        values["identity_backups_dir"] = values["state_dir"] / "identity_backups"
         values["migration_state_file"] = values["state_dir"] / "migration_state.json"
         values["status_file"] = values["state_dir"] / "status.json"
         values["legacy_config_file"] = values["legacy_config_dir"] / "config.json"

@@ -64,4 +64,4 @@ def test_write_backup_keeps_the_identity(tmp_root):
     kept = json.loads(path.read_text())
     assert (kept["agent_id"], kept["refresh_token"], kept["reason"]) == ("a-1", "R", "unregister")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert path.parent.name == binding.BACKUP_DIR
+    assert path.parent == tmp_root.state_dir / "identity_backups" == tmp_root.identity_backups_dir

@@ -200,3 +200,22 @@ def test_a_day_of_the_loop_is_removed_in_bounded_time(tmp_root, capsys):
         print(f"\n{LITTER_DIRS} litter dirs: migrate {took:.2f} s, "
               f"{report.litter['bytes_freed']} bytes freed")
     assert took < BOUND_SECONDS
+
+
+# `make prove` found it: a surplus backup inside our own migration_backups, and no other sign of
+# an upstream agent, was not looked for at the first start; a clone's set-aside identity then
+# made identity_backups/ appear, the litter looked due, and the next start migrated (and took a
+# backup) after all. The agent's own subdirectories are no sign of an upstream agent.
+@pytest.mark.parametrize(("extra_dirs", "expect"), [
+    ((), []),
+    (("identity_backups",), []),
+    (("identity_backups", "cache-of-someone-else"), ["litter", "security"]),
+    (("cache-of-someone-else",), ["litter", "security"]),
+])
+def test_only_foreign_subdirs_make_surplus_backups_look_due(tmp_root, extra_dirs, expect):
+    surplus = tmp_root.backups_dir / "2025-01-01-000030"
+    surplus.mkdir(parents=True)
+    write_json(surplus / "config.json", {"server_url": "x"})
+    for name in extra_dirs:
+        (tmp_root.state_dir / name).mkdir()
+    assert sorted(migration.plan(tmp_root).phases) == sorted(expect)

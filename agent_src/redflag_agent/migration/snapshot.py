@@ -158,7 +158,10 @@ def _other_subdirs(paths: Paths) -> bool:
             return False
         if st.st_nlink < 2:
             return True
-        ours = 1 if safefs.kind(paths.backups_dir) == "dir" else 0
+        # ours: the migration's backups and the identities set aside (a clone's, a golden
+        # image's): an agent start that creates one must not make the litter look due
+        ours = sum(1 for d in (paths.backups_dir, paths.identity_backups_dir)
+                   if safefs.kind(d) == "dir")
     except (OSError, safefs.UnsafePath):
         return False  # the migration's preflight reports a planted state directory
     return st.st_nlink - 2 - ours > 0
