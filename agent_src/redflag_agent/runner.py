@@ -70,6 +70,15 @@ def identity_left_behind(paths: Paths, log: logging.Logger) -> Optional[str]:
         return None
 
 
+def left_behind_message(left: str) -> str:
+    """Pure: why `run` does not register while an identity waits in `left`."""
+    return (f"a usable agent identity is in {left}, but no migration will take it over (its "
+            "phase is recorded as done, was given up, or the file cannot be migrated: see the "
+            "error above); registering now would put a second agent on the server. Fix: fix "
+            "that file, or run `redflag-agent migrate --retry-failed` as root to take it over, "
+            f"or move {left} away if that identity is stale; then start again")
+
+
 def migrated_from_metadata(paths: Paths, log: logging.Logger) -> Optional[str]:
     from . import migration  # noqa: PLC0415 - the one subpackage the runner may defer
     try:
@@ -236,13 +245,7 @@ class Runner:
         if decision.action == registration.REGISTER:
             left = identity_left_behind(self.paths, self.log)
             if left is not None:
-                message = (f"a usable agent identity is in {left}, but no migration will take "
-                           "it over (its phase is recorded as done, was given up, or the file "
-                           "cannot be migrated: see the error above); registering now would "
-                           "put a second agent on the server. Fix: fix that file, or run "
-                           "`redflag-agent migrate --retry-failed` as root to take it over, "
-                           f"or move {left} away if that identity is stale; then start again")
-                self.log.error("%s", message)
+                self.log.error("%s", left_behind_message(left))
                 return EX_CONFIG
         host = binding.host_machine_id(self.paths)
         try:
@@ -266,6 +269,12 @@ class Runner:
                     self._record_exit("exit 78: identity of another machine", message)
                 return EX_CONFIG
             if verdict.action == binding.CLONE_ENROLL:
+                # enrolling anew: not while a usable identity waits in a layout the
+                # migration has not taken over (it may be this host's own)
+                left = identity_left_behind(self.paths, self.log)
+                if left is not None:
+                    self.log.error("%s", left_behind_message(left))
+                    return EX_CONFIG
                 stripped = self._set_aside(cfg, host)
                 if isinstance(stripped, int):
                     return stripped

@@ -11,7 +11,14 @@ from redflag_agent import migration
 from redflag_agent.migration.decide import blocked_identity
 from redflag_agent.paths import Paths
 
-from .migration_fixtures import AGENT_ID, fresh_config, legacy_config, make_current, write_json
+from .migration_fixtures import (
+    AGENT_ID,
+    OTHER_ID,
+    fresh_config,
+    legacy_config,
+    make_current,
+    write_json,
+)
 
 BLOCKED = [
     ([], None),
@@ -53,3 +60,19 @@ def test_refused_legacy_config_without_identity_is_not(tmp_path):
     make_current(paths, fresh_config())
     assert migration.plan(paths).error
     assert migration.identity_left_behind(paths) is None
+
+
+def test_a_refused_legacy_config_holds_back_the_upstream_identity_too(tmp_path):
+    """make prove, invariant 6: the refused legacy config stops the whole migration, so the
+    0.1.19 config's identity is not taken over either: `run` must not enroll anew over it."""
+    paths = Paths(tmp_path)
+    paths.legacy_config_dir.mkdir(parents=True)
+    paths.legacy_config_file.write_text(json.dumps({"version": 6, "check_in_interval": -5}))
+    write_json(paths.v0119_config_file, {
+        "version": "6", "server_url": "http://127.0.0.1:9", "agent_id": AGENT_ID,
+        "token": "JWT", "refresh_token": "REFRESH", "check_in_interval": 300}, 0o600)
+    # the current config holds an identity too (a clone's copy): it wins the tie
+    make_current(paths, dict(fresh_config(), agent_id=OTHER_ID, token="J2",
+                             refresh_token="R2"))
+    assert migration.plan(paths).error
+    assert migration.identity_left_behind(paths) == str(paths.v0119_config_file)

@@ -867,3 +867,21 @@ def test_unsaved_rotation_is_kept_with_its_reason_and_never_saved_over_another(
         "relies on the server's one grace replay")) in lines(caplog, "redflag.checkin")
     on_disk = c.read_config(tmp_root.config_file)
     assert (on_disk["agent_id"], on_disk["refresh_token"]) == (NEW, "REFRESH-N")
+
+
+def test_a_clone_does_not_enroll_anew_while_an_identity_waits(tmp_root, fake_server,
+                                                              monkeypatch, caplog):
+    """make prove, invariant 6: a registered copy of another machine's identity is set aside
+    only when no layout the migration has not taken over holds a usable identity."""
+    where = str(tmp_root.v0119_config_file)
+    monkeypatch.setattr(migration, "identity_left_behind", lambda _paths: where)
+    with_machine_id(tmp_root)
+    cfg = registered(fake_server.url, machine_id="a" * 64, registration_token="T")
+    write_cfg(tmp_root, cfg)
+    before = tmp_root.config_file.read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert Runner(tmp_root, LOG, bounded()).run() == EX_CONFIG
+    assert (logging.ERROR, runner_mod.left_behind_message(where)) in lines(caplog)
+    assert tmp_root.config_file.read_bytes() == before
+    assert not tmp_root.identity_backups_dir.exists()
+    assert fake_server.seen() == []

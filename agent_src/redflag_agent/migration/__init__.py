@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .. import safefs
 from ..paths import Paths
 from .decide import blocked_identity, decide, stranded_identity
+from .layouts import takeover_layouts
 from .model import LAYOUT_0119, LAYOUT_02, MAX_ATTEMPTS, PHASES, MigrationError, Plan, Report
 from .snapshot import read_snapshot
 from .state import load_state, recorded_layout
@@ -88,7 +89,14 @@ def identity_left_behind(paths: Paths) -> Optional[str]:
         refused = [paths.legacy_config_file] if snap.legacy_config_error else []
         files = {LAYOUT_0119: paths.v0119_config_file, LAYOUT_02: paths.v02_config_file}
         refused += [files[layout] for layout in sorted(snap.upstream_errors) if layout in files]
-        where = blocked_identity([(str(f), _raw_json(f)) for f in refused])
+        # the refusal holds the other layouts back too: their identities are not taken over
+        completed = snap.state.get("completed", [])
+        if "takeover" not in completed:
+            refused += [files[layout] for layout in takeover_layouts(snap.probes)
+                        if layout in files]
+        if "directory" not in completed and snap.legacy_present:
+            refused.append(paths.legacy_config_file)
+        where = blocked_identity([(str(f), _raw_json(f)) for f in dict.fromkeys(refused)])
         if where is not None:
             return where
     return stranded_identity(snap)
