@@ -874,7 +874,9 @@ def test_a_clone_does_not_enroll_anew_while_an_identity_waits(tmp_root, fake_ser
     """make prove, invariant 6: a registered copy of another machine's identity is set aside
     only when no layout the migration has not taken over holds a usable identity."""
     where = str(tmp_root.v0119_config_file)
-    monkeypatch.setattr(migration, "identity_left_behind", lambda _paths: where)
+    asked = []
+    monkeypatch.setattr(migration, "identity_left_behind",
+                        lambda paths: asked.append(paths) or where)
     with_machine_id(tmp_root)
     cfg = registered(fake_server.url, machine_id="a" * 64, registration_token="T")
     write_cfg(tmp_root, cfg)
@@ -885,3 +887,4 @@ def test_a_clone_does_not_enroll_anew_while_an_identity_waits(tmp_root, fake_ser
     assert tmp_root.config_file.read_bytes() == before
     assert not tmp_root.identity_backups_dir.exists()
     assert fake_server.seen() == []
+    assert asked == [tmp_root]
