@@ -238,13 +238,19 @@ def _register_locked(paths: Paths, args: argparse.Namespace, log: Any) -> int:
 
 
 # --- unregister --------------------------------------------------------------------------
-def unregister_locked_message(paths: Paths) -> str:
-    """Pure: why `unregister` refuses while another instance (the service) holds the lock."""
+def service_holds_lock_message(paths: Paths, risk: str, then: str) -> str:
+    """Pure: why a command that drops the identity refuses while another instance (the
+    service) holds the lock: `risk` is what doing it under the service could do."""
     return (f"the agent service redflag-agent.service (or another `redflag-agent run`) is "
             f"running on this host and holds the lock on {paths.state_dir}: it renews and "
-            f"saves the tokens in {paths.config_file}, so unregistering under it could bring "
-            "the identity back or drop a fresh one. Stop it first (`systemctl stop "
-            "redflag-agent`), then unregister; nothing was changed")
+            f"saves the tokens in {paths.config_file}, so {risk}. Stop it first (`systemctl "
+            f"stop redflag-agent`), then {then}; nothing was changed")
+
+
+def unregister_locked_message(paths: Paths) -> str:
+    return service_holds_lock_message(
+        paths, "unregistering under it could bring the identity back or drop a fresh one",
+        "unregister")
 
 
 def _registered_config(paths: Paths, log: Any) -> Optional[dict[str, Any]]:
@@ -474,12 +480,8 @@ def drops_identity(current: Optional[dict[str, Any]], reregister: bool, forget: 
 
 
 def apply_locked_message(paths: Paths) -> str:
-    """Pure: why an apply that drops the identity refuses while the service runs."""
-    return (f"the agent service redflag-agent.service (or another `redflag-agent run`) is "
-            f"running on this host and holds the lock on {paths.state_dir}: it renews and "
-            f"saves the tokens in {paths.config_file}, so dropping the identity under it could "
-            "bring it back. Stop it first (`systemctl stop redflag-agent`), then apply again; "
-            "nothing was changed")
+    return service_holds_lock_message(
+        paths, "dropping the identity under it could bring it back", "apply again")
 
 
 @contextlib.contextmanager
